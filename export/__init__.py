@@ -1,0 +1,1 @@
+"""SCCAN export: PyTorch -> split ONNX graphs -> TensorRT (see shared/docs/architecture.md)."""

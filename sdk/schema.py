@@ -1,0 +1,181 @@
+"""The `SupportFeatures` contract: one definition of the support-side tensors.
+
+Everything the per-frame query path needs from a support set is computed once per class and
+kept as a set of named tensors. The same names, shapes and dtypes are the PyTorch model's
+``encode_support`` output, the outputs of the exported ``support_encoder`` graph, the support
+inputs of the ``query_decoder`` graph and the arrays of a saved support file. This module is
+numpy-only: ``sccan.train`` and ``sccan.export`` import it, ``sccan.sdk`` lives on it.
+
+Fields, for ``C`` classes (the leading, dynamic dimension), ``S = max_shots`` shot slots,
+``G = grid`` (feature grid side), ``D = embed_dim``, ``Dh = high_channels``, ``T = window**2``:
+
+==========================  ======================  =============================================
+name                        shape                   meaning
+==========================  ======================  =============================================
+``prototype``               C x D                   shot-averaged masked-average support feature
+``prior_keys``              C x S x G*G x Dh        per shot, the support high-level map resized
+                                                    to G x G, each position L2-normalised
+``prior_mask``              C x S x G*G             per shot, the foreground mask at G x G
+``shot_valid``              C x S                   1.0 for a real shot, 0.0 for a padding slot
+``block{i}_tokens``         C x W_i x T x D         SCCA block i: support tokens entering the
+                                                    block after ``norm1`` (zero-padded for
+                                                    shifted blocks), window-partitioned
+``block{i}_prototypes``     C x W_i x D             block i: masked mean of each support window
+``block{i}_has_fg``         C x W_i                 block i: 1.0 where the window holds
+                                                    foreground
+==========================  ======================  =============================================
+
+``W_i`` is ``(G / window)**2`` for unshifted (even) blocks and ``(G / window + 1)**2`` for
+shifted (odd) blocks, which are padded by ``window / 2`` on every side. All tensors are float32
+(or float16 in an FP16 bundle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+#: The symbolic name of the dynamic class-batch dimension in shapes and ONNX graphs.
+CLASS_DIM = "classes"
+
+GLOBAL_FIELDS = ("prototype", "prior_keys", "prior_mask", "shot_valid")
+BLOCK_FIELDS = ("tokens", "prototypes", "has_fg")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and dtype of one tensor; the first dimension may be symbolic (a string)."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+    def concrete_shape(self, num_classes: int) -> tuple[int, ...]:
+        """The shape with the symbolic class dimension replaced by ``num_classes``."""
+        return tuple(num_classes if isinstance(d, str) else d for d in self.shape)
+
+
+@dataclass(frozen=True)
+class SupportLayout:
+    """The numbers that fix every support-side tensor's shape.
+
+    Attributes:
+        grid: side of the square feature grid the transformer runs on (64 in the paper).
+        embed_dim: token width (256 in the paper).
+        high_channels: channels of the backbone's high-level features (2048 for ResNets).
+        num_blocks: number of SCCA blocks (8 in the paper); odd blocks are shifted.
+        window: window side (8 in the paper); shifted blocks pad by ``window // 2``.
+        max_shots: shot slots kept per class (padding slots are flagged by ``shot_valid``).
+    """
+
+    grid: int
+    embed_dim: int
+    high_channels: int
+    num_blocks: int
+    window: int
+    max_shots: int
+
+    def __post_init__(self) -> None:
+        if self.grid % self.window:
+            raise ValueError(f"grid {self.grid} must be a multiple of window {self.window}")
+        if self.window % 2:
+            raise ValueError(f"window must be even (shifted blocks pad by half), got {self.window}")
+        if self.max_shots < 1:
+            raise ValueError(f"max_shots must be >= 1, got {self.max_shots}")
+
+    @staticmethod
+    def is_shifted(block: int) -> bool:
+        """Odd blocks are shifted (padded by half a window on every side)."""
+        return block % 2 == 1
+
+    def windows(self, block: int) -> int:
+        """Number of windows of block ``block``."""
+        side = self.grid // self.window + (1 if self.is_shifted(block) else 0)
+        return side * side
+
+    def specs(self) -> list[TensorSpec]:
+        """Every support tensor's spec, in the canonical order (graph I/O order)."""
+        c, s, g, d, t = CLASS_DIM, self.max_shots, self.grid, self.embed_dim, self.window**2
+        out = [
+            TensorSpec("prototype", (c, d)),
+            TensorSpec("prior_keys", (c, s, g * g, self.high_channels)),
+            TensorSpec("prior_mask", (c, s, g * g)),
+            TensorSpec("shot_valid", (c, s)),
+        ]
+        for i in range(self.num_blocks):
+            w = self.windows(i)
+            out += [
+                TensorSpec(f"block{i}_tokens", (c, w, t, d)),
+                TensorSpec(f"block{i}_prototypes", (c, w, d)),
+                TensorSpec(f"block{i}_has_fg", (c, w)),
+            ]
+        return out
+
+    def names(self) -> list[str]:
+        """Field names in canonical order."""
+        return [spec.name for spec in self.specs()]
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class SupportFeatures(Mapping[str, Any]):
+    """The support-side tensors of ``C`` classes, by name (numpy arrays or torch tensors).
+
+    A read-only mapping in the canonical order of :meth:`SupportLayout.names`. It does not care
+    which array library holds the values: the model returns torch tensors, the SDK numpy arrays.
+    """
+
+    def __init__(self, tensors: Mapping[str, Any]):
+        self._tensors = dict(tensors)
+        missing = [n for n in GLOBAL_FIELDS if n not in self._tensors]
+        if missing:
+            raise KeyError(f"SupportFeatures lacks {missing}")
+
+    def __getitem__(self, name: str) -> Any:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self._tensors.items())
+        return f"SupportFeatures({shapes})"
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._tensors["prototype"].shape[0])
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(1 for k in self._tensors if k.endswith("_tokens"))
+
+    def block(self, i: int) -> tuple[Any, Any, Any]:
+        """(tokens, prototypes, has_fg) of SCCA block ``i``."""
+        return tuple(self._tensors[f"block{i}_{f}"] for f in BLOCK_FIELDS)  # type: ignore[return-value]
+
+    def check(self, layout: SupportLayout) -> None:
+        """Raise ``ValueError`` naming the first tensor whose name or shape breaks ``layout``."""
+        expected = layout.specs()
+        if list(self._tensors) != [s.name for s in expected]:
+            raise ValueError(f"fields {list(self._tensors)} differ from {layout.names()}")
+        c = self.num_classes
+        for spec in expected:
+            got = tuple(self._tensors[spec.name].shape)
+            if got != spec.concrete_shape(c):
+                raise ValueError(f"{spec.name}: expected shape {spec.concrete_shape(c)}, got {got}")
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """Plain numpy arrays (detached and on the CPU when the values are torch tensors)."""
+        out = {}
+        for k, v in self._tensors.items():
+            if hasattr(v, "detach"):
+                v = v.detach().cpu().numpy()
+            out[k] = np.asarray(v)
+        return out

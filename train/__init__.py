@@ -1,0 +1,1 @@
+"""SCCAN training side (PyTorch): the model, checkpoints, and (later) data, training and evaluation."""

@@ -1,0 +1,203 @@
+"""The SCCA transformer: self-calibrated cross attention with patch alignment.
+
+Both streams work on G x G token maps (B x G x G x D). The support stream never reads the
+query, so :meth:`SCCATransformer.encode_support` runs it once per support set and keeps, per
+block, what the query stream needs (tokens after ``norm1``, window prototypes, foreground flags);
+:meth:`SCCATransformer.forward` then runs the query stream alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import window_partition, window_reverse
+
+COSINE_EPS = 1e-7
+PROTOTYPE_EPS = 5e-4
+
+
+class WindowAttention(nn.Module):
+    """Multi-head attention inside windows (``q``, ``kv``, ``proj`` as in the checkpoints).
+
+    ``forward(x, support=None)``: x is B x nW x T x D. Without ``support`` this is window
+    self-attention with logits scaled by head_dim**-0.5. With ``support`` (B x nW x Ts x D, the
+    aligned support tokens) the keys/values are those of x followed by those of the support
+    tokens; the support logits are the unscaled cosine similarity of query and key, and one
+    softmax runs over all T + Ts keys.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        # B x nW x T x (n*D) -> n x B x nW x heads x T x head_dim, n = D-chunks of the Linear.
+        b, nw, t, d = x.shape
+        n = d // (self.q.out_features)
+        x = x.reshape(b, nw, t, n, self.num_heads, self.q.out_features // self.num_heads)
+        return x.permute(3, 0, 1, 4, 2, 5)
+
+    def forward(self, x: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+        b, nw, t, d = x.shape
+        q = self._heads(self.q(x))[0]
+        k, v = self._heads(self.kv(x)).unbind(0)
+        logits = torch.matmul(q, k.transpose(-2, -1)) * self.scale
+        if support is not None:
+            ks, vs = self._heads(self.kv(support)).unbind(0)
+            dots = torch.matmul(q, ks.transpose(-2, -1))
+            q_norm = torch.sqrt(torch.sum(q * q, dim=-1, keepdim=True))
+            k_norm = torch.sqrt(torch.sum(ks * ks, dim=-1, keepdim=True))
+            cos = dots / (torch.matmul(q_norm, k_norm.transpose(-2, -1)) + COSINE_EPS)
+            logits = torch.cat([logits, cos], dim=-1)
+            v = torch.cat([v, vs], dim=-2)
+        attn = F.softmax(logits, dim=-1)
+        out = torch.matmul(attn, v)  # B x nW x heads x T x hd
+        return self.proj(out.permute(0, 1, 3, 2, 4).reshape(b, nw, t, d))
+
+
+class Mlp(nn.Module):
+    """Linear -> exact GELU -> Linear."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PatchAlignment(nn.Module):
+    """For each query window, the support window whose prototype is most similar.
+
+    ``forward(query_windows, support_prototypes, support_has_fg, support_tokens)``:
+        query_windows: B x nW x T x D (query tokens after norm1, windowed).
+        support_prototypes: B x nW x D; support_has_fg: B x nW; support_tokens: B x nW x T x D.
+    Returns (aligned support tokens B x nW x T x D, index B x nW int64). The score is
+    ``(cos + 1) / 2 * has_fg`` and ties take the lowest index, computed explicitly (max,
+    equality, smallest index) because FP16 engines create exact ties and TensorRT's ArgMax does
+    not document which index wins.
+    """
+
+    def forward(self, query_windows: torch.Tensor, support_prototypes: torch.Tensor,
+                support_has_fg: torch.Tensor, support_tokens: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        query_prototypes = query_windows.mean(dim=2)  # B x nWq x D
+        dots = torch.matmul(support_prototypes, query_prototypes.transpose(-2, -1))  # B x nWs x nWq
+        s_norm = torch.sqrt(torch.sum(support_prototypes * support_prototypes, dim=-1, keepdim=True))
+        q_norm = torch.sqrt(torch.sum(query_prototypes * query_prototypes, dim=-1, keepdim=True))
+        cos = dots / (torch.matmul(s_norm, q_norm.transpose(-2, -1)) + COSINE_EPS)
+        score = (cos + 1.0) / 2.0 * support_has_fg.unsqueeze(-1)
+        best = score.amax(dim=1, keepdim=True)
+        n = score.shape[1]
+        positions = torch.arange(n, dtype=score.dtype, device=score.device).reshape(1, n, 1)
+        index = torch.where(score == best, positions, torch.full_like(score, n)).amin(dim=1)
+        index = index.to(torch.int64)  # B x nWq
+        b, nw, t, d = support_tokens.shape
+        gather_index = index.reshape(b, -1, 1, 1).expand(b, index.shape[1], t, d)
+        return torch.gather(support_tokens, 1, gather_index), index
+
+
+class SCCABlock(nn.Module):
+    """One SCCA block; ``shifted`` blocks pad by half a window (no cyclic shift, no mask)."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, shifted: bool, mlp_ratio: float):
+        super().__init__()
+        self.window, self.shifted = window, shifted
+        self.pad = window // 2 if shifted else 0
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn_q = WindowAttention(dim, num_heads)
+        self.attn_s = WindowAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp_q = Mlp(dim, hidden)
+        self.mlp_s = Mlp(dim, hidden)
+        self.align = PatchAlignment()
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        # x: B x H x W x D (or B x H x W for the mask); zeros on all four sides.
+        if not self.pad:
+            return x
+        p = self.pad
+        return F.pad(x, (0, 0, p, p, p, p)) if x.dim() == 4 else F.pad(x, (p, p, p, p))
+
+    def _unwindow(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        p = self.pad
+        x = window_reverse(x, self.window, h + 2 * p, w + 2 * p)
+        return x[:, p:p + h, p:p + w, :] if p else x
+
+    def encode_support(self, s: torch.Tensor, mask: torch.Tensor, update: bool = True
+                       ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Support stream. s: B x H x W x D tokens; mask: B x H x W (shot-mean mask).
+
+        Returns (next support tokens, or None when ``update`` is False, and the cache
+        (tokens B x nW x T x D, prototypes B x nW x D, has_fg B x nW) for the query stream).
+        """
+        _, h, w, _ = s.shape
+        tokens = window_partition(self._pad(self.norm1(s)), self.window)
+        mask_windows = window_partition(self._pad(mask).unsqueeze(-1), self.window)  # B x nW x T x 1
+        mask_sum = mask_windows.sum(dim=2)  # B x nW x 1
+        prototypes = (tokens * mask_windows).sum(dim=2) / (mask_sum + PROTOTYPE_EPS)
+        has_fg = (mask_sum.squeeze(-1) > 0).to(tokens.dtype)
+        cache = (tokens, prototypes, has_fg)
+        if not update:
+            return None, cache
+        s = s + self._unwindow(self.attn_s(tokens), h, w)
+        s = s + self.mlp_s(self.norm2(s))
+        return s, cache
+
+    def forward(self, q: torch.Tensor, support_tokens: torch.Tensor, support_prototypes: torch.Tensor,
+                support_has_fg: torch.Tensor) -> torch.Tensor:
+        """Query stream. q: B x H x W x D; the cache from :meth:`encode_support`. Returns q."""
+        _, h, w, _ = q.shape
+        windows = window_partition(self._pad(self.norm1(q)), self.window)
+        aligned, _ = self.align(windows, support_prototypes, support_has_fg, support_tokens)
+        q = q + self._unwindow(self.attn_q(windows, aligned), h, w)
+        return q + self.mlp_q(self.norm2(q))
+
+
+class SCCALayer(nn.Module):
+    """Holds the blocks (checkpoint names ``transformer.layers.0.blocks.N``)."""
+
+    def __init__(self, blocks: list[SCCABlock]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+
+class SCCATransformer(nn.Module):
+    """The block stack plus the final ``norm0`` on the query stream."""
+
+    def __init__(self, dim: int, num_blocks: int, num_heads: int, window: int, mlp_ratio: float):
+        super().__init__()
+        blocks = [SCCABlock(dim, num_heads, window, i % 2 == 1, mlp_ratio) for i in range(num_blocks)]
+        self.layers = nn.ModuleList([SCCALayer(blocks)])
+        self.norm0 = nn.LayerNorm(dim)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.layers[0].blocks
+
+    def encode_support(self, s: torch.Tensor, mask: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """s: B x D x G x G support features, mask: B x G x G. Returns the per-block caches."""
+        s = s.permute(0, 2, 3, 1)
+        caches = []
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            # The last block's support update feeds nothing: skip it.
+            s, cache = block.encode_support(s, mask, update=i < last)
+            caches.append(cache)
+        return caches
+
+    def forward(self, q: torch.Tensor, caches: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        """q: B x D x G x G query features. Returns B x D x G x G (after norm0 and ReLU)."""
+        q = q.permute(0, 2, 3, 1)
+        for block, cache in zip(self.blocks, caches):
+            q = block(q, *cache)
+        return F.relu(self.norm0(q)).permute(0, 3, 1, 2)
