@@ -1,9 +1,9 @@
 """SCCAN Edge runtime SDK (numpy, OpenCV, ONNX Runtime; TensorRT where available). Never imports torch."""
 
-from .errors import (BadImageError, BadMaskError, BundleMismatchError, CheckpointError, CorruptCacheError,
+from .errors import (BadImageError, BadMaskError, BundleError, BundleMismatchError, CheckpointError, CorruptCacheError,
                      EmptyMaskError, SCCANError, UnknownClassError)
 from .schema import SupportFeatures, SupportLayout, TensorSpec
 
 __all__ = ["SCCANError", "BadImageError", "BadMaskError", "EmptyMaskError", "UnknownClassError",
-           "BundleMismatchError", "CorruptCacheError", "CheckpointError", "SupportFeatures",
+           "BundleError", "BundleMismatchError", "CorruptCacheError", "CheckpointError", "SupportFeatures",
            "SupportLayout", "TensorSpec"]

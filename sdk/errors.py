@@ -32,6 +32,10 @@ class BundleMismatchError(SCCANError):
     """A bundle, engine or cache does not belong to this model, precision or system."""
 
 
+class BundleError(SCCANError):
+    """A model bundle is missing a file, has an altered file (hash), or an invalid manifest."""
+
+
 class CorruptCacheError(SCCANError):
     """A file (support cache, bundle member) fails its checksum or cannot be parsed."""
 

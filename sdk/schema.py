@@ -150,7 +150,8 @@ class SupportFeatures(Mapping[str, Any]):
 
     @property
     def num_classes(self) -> int:
-        return int(self._tensors["prototype"].shape[0])
+        # No int(): under torch.export the class count is symbolic and must stay so.
+        return self._tensors["prototype"].shape[0]
 
     @property
     def num_blocks(self) -> int:

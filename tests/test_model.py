@@ -119,7 +119,7 @@ def test_shifted_query_stream_matches_explicit_padding():
     shifted = SCCABlock(dim=8, num_heads=2, window=4, shifted=True, mlp_ratio=1.0).eval()
     q, s, mask = torch.randn(1, 8, 8, 8), torch.randn(1, 8, 8, 8), (torch.rand(1, 8, 8) > 0.5).float()
     _, cache = shifted.encode_support(s, mask)
-    out = shifted(q, *cache)
+    out, _ = shifted(q, *cache)
     qn = torch.nn.functional.pad(shifted.norm1(q), (0, 0, 2, 2, 2, 2))
     windows = window_partition(qn, 4)
     aligned, _ = shifted.align(windows, *cache[1:], cache[0])

@@ -27,7 +27,7 @@ def run_with_probes(model, data, shots):
             lambda m, i, o, b=b: probes.__setitem__(f"index{b}", o[1])))
     for b in (0, 7):
         hooks.append(model.transformer.blocks[b].register_forward_hook(
-            lambda m, i, o, b=b: probes.__setitem__(f"q{b}", o)))
+            lambda m, i, o, b=b: probes.__setitem__(f"q{b}", o[0])))
     dtype = next(model.parameters()).dtype
     logits = model(torch.from_numpy(data["query"]).to(dtype),
                    torch.from_numpy(data["support_images"][:, :shots]).to(dtype),

@@ -14,7 +14,6 @@ are those of the authors' released checkpoints. The network is split the way it 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sccan.sdk.schema import SupportFeatures, SupportLayout
@@ -22,9 +21,9 @@ from sccan.sdk.schema import SupportFeatures, SupportLayout
 from ..backbones import FeatureBackbone, normalization
 from .config import SCCANConfig
 from .decoder import ASPP, decode
-from .ops import resize
-from .prior import PriorMask, l2_normalize
-from .transformer import PROTOTYPE_EPS, SCCATransformer
+from .ops import L2Normalize, pad_shots, resize
+from .prior import PriorMask
+from .transformer import SCCATransformer
 
 MASK_EPS = 5e-4
 
@@ -56,6 +55,7 @@ class SCCAN(nn.Module):
         self.cls_meta = nn.Sequential(nn.Conv2d(d, d, 3, padding=1, bias=False), nn.ReLU(),
                                       nn.Dropout2d(0.1), nn.Conv2d(d, 2, 1))
         self.prior = PriorMask()
+        self.normalize_keys = L2Normalize(dim=1)
         self.mean, self.std = normalization(config.backbone)
 
     def support_layout(self, max_shots: int) -> SupportLayout:
@@ -97,15 +97,11 @@ class SCCAN(nn.Module):
                                                  supp_mask], dim=1))
         caches = self.transformer.encode_support(merged, supp_mask[:, 0])
 
-        keys = l2_normalize(resize(high, g).flatten(2), dim=1).transpose(1, 2)  # BK x GG x Ch
+        keys = self.normalize_keys(resize(high, g).flatten(2)).transpose(1, 2)  # BK x GG x Ch
         keys = keys.reshape(b, k, g * g, keys.shape[-1])
         prior_mask = m.reshape(b, k, g * g)
         valid = torch.ones(b, k, dtype=mid.dtype, device=mid.device)
-        if max_shots > k:
-            pad = max_shots - k
-            keys = F.pad(keys, (0, 0, 0, 0, 0, pad))
-            prior_mask = F.pad(prior_mask, (0, 0, 0, pad))
-            valid = F.pad(valid, (0, pad))
+        keys, prior_mask, valid = (pad_shots(t, max_shots) for t in (keys, prior_mask, valid))
 
         tensors = {"prototype": prototype, "prior_keys": keys, "prior_mask": prior_mask, "shot_valid": valid}
         for i, (tokens, prototypes, has_fg) in enumerate(caches):
@@ -114,12 +110,15 @@ class SCCAN(nn.Module):
             tensors[f"block{i}_has_fg"] = has_fg
         return SupportFeatures(tensors)
 
-    def decode_query_features(self, mid: torch.Tensor, high: torch.Tensor,
-                              support: SupportFeatures) -> torch.Tensor:
+    def decode_query_features(self, mid: torch.Tensor, high: torch.Tensor, support: SupportFeatures,
+                              return_alignment: bool = False
+                              ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Query features (batch 1, broadcast over the C classes, or batch C) + support -> C x 2 x G x G.
 
         Work that does not depend on the class (``down_query``, the query's high-level
-        normalisation) runs once on the query batch before it is broadcast.
+        normalisation) runs once on the query batch before it is broadcast. With
+        ``return_alignment`` also returns, per SCCA block, the support window aligned to each
+        query window (C x nW int64).
         """
         g, d = self.config.grid, self.config.embed_dim
         c = support.num_classes
@@ -131,8 +130,9 @@ class SCCAN(nn.Module):
         prototype = support["prototype"][:, :, None, None].expand(c, d, g, g)
         x = self.init_merge_query(torch.cat([query, prototype, prior], dim=1))
         caches = [support.block(i) for i in range(self.config.num_blocks)]
-        x = self.transformer(x, caches)
-        return decode(self.ASPP_meta, self.res1_meta, self.res2_meta, self.cls_meta, x)
+        x, indices = self.transformer(x, caches)
+        logits = decode(self.ASPP_meta, self.res1_meta, self.res2_meta, self.cls_meta, x)
+        return (logits, indices) if return_alignment else logits
 
     # -- image-level API -------------------------------------------------------------------------
 
@@ -155,4 +155,4 @@ class SCCAN(nn.Module):
         return self.decode_query(query, self.encode_support(support_images, support_masks))
 
 
-__all__ = ["SCCAN", "PROTOTYPE_EPS"]
+__all__ = ["SCCAN"]

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import window_partition, window_reverse
+from .ops import CosineSimilarity, window_partition, window_reverse
 
-COSINE_EPS = 1e-7
 PROTOTYPE_EPS = 5e-4
 
 
@@ -35,6 +34,7 @@ class WindowAttention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.cosine = CosineSimilarity()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         # B x nW x T x (n*D) -> n x B x nW x heads x T x head_dim, n = D-chunks of the Linear.
@@ -50,11 +50,7 @@ class WindowAttention(nn.Module):
         logits = torch.matmul(q, k.transpose(-2, -1)) * self.scale
         if support is not None:
             ks, vs = self._heads(self.kv(support)).unbind(0)
-            dots = torch.matmul(q, ks.transpose(-2, -1))
-            q_norm = torch.sqrt(torch.sum(q * q, dim=-1, keepdim=True))
-            k_norm = torch.sqrt(torch.sum(ks * ks, dim=-1, keepdim=True))
-            cos = dots / (torch.matmul(q_norm, k_norm.transpose(-2, -1)) + COSINE_EPS)
-            logits = torch.cat([logits, cos], dim=-1)
+            logits = torch.cat([logits, self.cosine(q, ks)], dim=-1)
             v = torch.cat([v, vs], dim=-2)
         attn = F.softmax(logits, dim=-1)
         out = torch.matmul(attn, v)  # B x nW x heads x T x hd
@@ -86,15 +82,20 @@ class PatchAlignment(nn.Module):
     not document which index wins.
     """
 
+    def __init__(self):
+        super().__init__()
+        self.cosine = CosineSimilarity()
+
+    def scores(self, query_windows: torch.Tensor, support_prototypes: torch.Tensor,
+               support_has_fg: torch.Tensor) -> torch.Tensor:
+        """B x nWs x nWq alignment scores ``(cos + 1) / 2 * has_fg``."""
+        cos = self.cosine(support_prototypes, query_windows.mean(dim=2))
+        return (cos + 1.0) / 2.0 * support_has_fg.unsqueeze(-1)
+
     def forward(self, query_windows: torch.Tensor, support_prototypes: torch.Tensor,
                 support_has_fg: torch.Tensor, support_tokens: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        query_prototypes = query_windows.mean(dim=2)  # B x nWq x D
-        dots = torch.matmul(support_prototypes, query_prototypes.transpose(-2, -1))  # B x nWs x nWq
-        s_norm = torch.sqrt(torch.sum(support_prototypes * support_prototypes, dim=-1, keepdim=True))
-        q_norm = torch.sqrt(torch.sum(query_prototypes * query_prototypes, dim=-1, keepdim=True))
-        cos = dots / (torch.matmul(s_norm, q_norm.transpose(-2, -1)) + COSINE_EPS)
-        score = (cos + 1.0) / 2.0 * support_has_fg.unsqueeze(-1)
+        score = self.scores(query_windows, support_prototypes, support_has_fg)
         best = score.amax(dim=1, keepdim=True)
         n = score.shape[1]
         positions = torch.arange(n, dtype=score.dtype, device=score.device).reshape(1, n, 1)
@@ -154,13 +155,16 @@ class SCCABlock(nn.Module):
         return s, cache
 
     def forward(self, q: torch.Tensor, support_tokens: torch.Tensor, support_prototypes: torch.Tensor,
-                support_has_fg: torch.Tensor) -> torch.Tensor:
-        """Query stream. q: B x H x W x D; the cache from :meth:`encode_support`. Returns q."""
+                support_has_fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query stream. q: B x H x W x D; the cache from :meth:`encode_support`.
+
+        Returns (q, the aligned support window of each query window, B x nW int64).
+        """
         _, h, w, _ = q.shape
         windows = window_partition(self._pad(self.norm1(q)), self.window)
-        aligned, _ = self.align(windows, support_prototypes, support_has_fg, support_tokens)
+        aligned, index = self.align(windows, support_prototypes, support_has_fg, support_tokens)
         q = q + self._unwindow(self.attn_q(windows, aligned), h, w)
-        return q + self.mlp_q(self.norm2(q))
+        return q + self.mlp_q(self.norm2(q)), index
 
 
 class SCCALayer(nn.Module):
@@ -195,9 +199,15 @@ class SCCATransformer(nn.Module):
             caches.append(cache)
         return caches
 
-    def forward(self, q: torch.Tensor, caches: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
-        """q: B x D x G x G query features. Returns B x D x G x G (after norm0 and ReLU)."""
+    def forward(self, q: torch.Tensor, caches: list[tuple[torch.Tensor, ...]]
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """q: B x D x G x G query features.
+
+        Returns (B x D x G x G after norm0 and ReLU, per block the alignment index B x nW).
+        """
         q = q.permute(0, 2, 3, 1)
+        indices = []
         for block, cache in zip(self.blocks, caches):
-            q = block(q, *cache)
-        return F.relu(self.norm0(q)).permute(0, 3, 1, 2)
+            q, index = block(q, *cache)
+            indices.append(index)
+        return F.relu(self.norm0(q)).permute(0, 3, 1, 2), indices
