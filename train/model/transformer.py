@@ -183,6 +183,11 @@ class SCCATransformer(nn.Module):
         blocks = [SCCABlock(dim, num_heads, window, i % 2 == 1, mlp_ratio) for i in range(num_blocks)]
         self.layers = nn.ModuleList([SCCALayer(blocks)])
         self.norm0 = nn.LayerNorm(dim)
+        # The last block's support update feeds nothing (encode_support skips it): its weights stay
+        # in checkpoints under their names but cannot affect any output, so they are not trained
+        # (and DistributedDataParallel needs no search for unused parameters).
+        blocks[-1].attn_s.requires_grad_(False)
+        blocks[-1].mlp_s.requires_grad_(False)
 
     @property
     def blocks(self) -> nn.ModuleList:

@@ -1,0 +1,53 @@
+"""Build the episodic dataset a config's ``data`` section names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sccan.train.backbones import IMAGENET_MEAN
+
+from . import coco, folder, pascal
+from .augment import COCO_SCALE, PASCAL_SCALE
+from .segmentation import DatasetError, SegmentationFewShot
+from .synthetic import SyntheticFewShot
+
+__all__ = ["build_dataset", "DatasetError"]
+
+
+def build_dataset(data: dict[str, Any], split: str, seed: int, episodes: int | None = None):
+    """The ``split`` ("train"/"test") episodes of the dataset ``data["dataset"]`` names.
+
+    Common keys: ``size``, ``shots``, ``train_episodes``, ``test_episodes``. PASCAL: ``root``,
+    ``fold``, optional ``train_list``/``val_list``. COCO: ``root``, ``fold``, ``partition``
+    (``interleaved`` or ``contiguous``). Folder: ``root``, ``train_classes``, ``test_classes``.
+    """
+    kind = data.get("dataset")
+    default_episodes = data.get("train_episodes", 2000) if split == "train" else data.get("test_episodes", 1000)
+    n = episodes or default_episodes
+    size, shots = data["size"], data["shots"]
+    if kind == "synthetic":
+        return SyntheticFewShot(split, size=size, shots=shots, episodes=n, seed=seed,
+                                num_classes=data.get("num_classes", 24), num_novel=data.get("num_novel", 4),
+                                query_distractors=data.get("query_distractors", 2))
+    mean = tuple(data.get("pad_mean", IMAGENET_MEAN))
+    if kind == "pascal":
+        _require(data, "root", "fold")
+        list_file = data.get("train_list" if split == "train" else "val_list")
+        index = pascal.build_index(data["root"], data["fold"], split, list_file)
+        return SegmentationFewShot(index, split, shots, n, seed, size, PASCAL_SCALE, mean)
+    if kind == "coco":
+        _require(data, "root", "fold")
+        index = coco.build_index(data["root"], data["fold"], split, data.get("partition", "interleaved"))
+        return SegmentationFewShot(index, split, shots, n, seed, size, COCO_SCALE, mean)
+    if kind == "folder":
+        _require(data, "root")
+        classes = data.get("train_classes" if split == "train" else "test_classes") or []
+        index = folder.build_index(data["root"], classes)
+        return SegmentationFewShot(index, split, shots, n, seed, size, PASCAL_SCALE, mean, folder.binarize_mask)
+    raise DatasetError(f"unknown dataset {kind!r}; expected one of: synthetic, pascal, coco, folder")
+
+
+def _require(data: dict[str, Any], *keys: str) -> None:
+    missing = [k for k in keys if data.get(k) is None]
+    if missing:
+        raise DatasetError(f"data section of the config lacks {missing} for dataset {data.get('dataset')!r}")
