@@ -1,6 +1,7 @@
 """``sccan export``: a checkpoint -> a verified model bundle (see shared/docs/architecture.md).
 
-Steps: load the model; export the three graphs (FP32, opset 18); fold constants and clean up
+Steps: load the model; fold the frozen BatchNorms into their convolutions; export the three
+graphs (FP32, opset 18); fold constants and clean up
 (Polygraphy, onnx-graphsurgeon); check them against TensorRT's ONNX parser tables; make the FP16
 variants; run the parity gate; write ``manifest.json`` (hashes, I/O specs, precision plan,
 GFLOPs), ``report.json`` and ``report.txt``. Everything is written into a temporary directory
@@ -9,6 +10,7 @@ beside the output and renamed into place at the end, so a failed export leaves n
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 import shutil
@@ -153,7 +155,12 @@ def export_bundle(checkpoint: str | os.PathLike | SCCAN, output: str | os.PathLi
 
 def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int, check_episodes: int,
            fp16: bool, patch_align: str, source: dict[str, Any], progress: bool) -> dict[str, Any]:
-    specs = graph_specs(model, size, max_shots)
+    # The graphs are made from a copy whose frozen BatchNorms are folded into their convolutions
+    # (FP16 must not store a convolution's output before its affine map); the parity gate still
+    # compares them with the unmodified model.
+    folded = copy.deepcopy(model)
+    folded.backbone.fold_batchnorms()
+    specs = graph_specs(folded, size, max_shots)
     limits = {"images": max_shots, "shots": max_shots, "slots": max_shots, "classes": max_classes}
     graphs: dict[str, dict[str, Any]] = {}
     problems = []
@@ -161,7 +168,7 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
     steps = tqdm(total=len(specs) * len(precisions) + 2, desc="export", unit="step", disable=not progress)
     for spec in specs:
         raw = export_graph(spec, work / graph_file(spec.name, "fp32"), limits)
-        islands = fp32_island_nodes(raw)
+        islands = fp32_island_nodes(raw, tuple(f"backbone.{s}" for s in folded.backbone.fp32_scopes()))
         summary = island_summary(raw, islands)
         clean = _sanitize(raw)
         kept = {n.name for n in clean.graph.node}

@@ -27,30 +27,31 @@ FP32_ISLAND_CLASSES = ("L2Normalize", "CosineSimilarity", "PriorStretch", "Layer
 FP16_MAX = 65504.0
 
 
-def fp32_island_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes exported from inside an FP32-island module (needs the exporter's metadata)."""
+def fp32_island_nodes(model: onnx.ModelProto, scopes: tuple[str, ...] = ()) -> list[str]:
+    """Names of the nodes exported from inside an FP32-island module, or from a module whose path
+    ends with one of ``scopes`` (e.g. ``backbone.body._blocks.0``). Needs the exporter's metadata."""
     names = []
     for node in model.graph.node:
-        for prop in node.metadata_props:
-            if prop.key == "pkg.torch.onnx.class_hierarchy":
-                classes = {c.rsplit(".", 1)[-1] for c in ast.literal_eval(prop.value)}
-                if classes & set(FP32_ISLAND_CLASSES):
-                    names.append(node.name)
+        props = {p.key: p.value for p in node.metadata_props}
+        classes = {c.rsplit(".", 1)[-1] for c in ast.literal_eval(props.get("pkg.torch.onnx.class_hierarchy", "[]"))}
+        paths = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
+        in_scope = any(path.endswith(scope) or f"{scope}." in path for path in paths for scope in scopes)
+        if classes & set(FP32_ISLAND_CLASSES) or in_scope:
+            names.append(node.name)
     return names
 
 
 def island_summary(model: onnx.ModelProto, islands: list[str]) -> dict[str, int]:
-    """Per island class, how many nodes it keeps in FP32."""
+    """Per island class (or "backbone (declared)" for backbone scopes), how many nodes stay FP32."""
     counts: dict[str, int] = {}
     wanted = set(islands)
     for node in model.graph.node:
         if node.name not in wanted:
             continue
-        for prop in node.metadata_props:
-            if prop.key == "pkg.torch.onnx.class_hierarchy":
-                classes = [c.rsplit(".", 1)[-1] for c in ast.literal_eval(prop.value)]
-                owner = next(c for c in reversed(classes) if c in FP32_ISLAND_CLASSES)
-                counts[owner] = counts.get(owner, 0) + 1
+        props = {p.key: p.value for p in node.metadata_props}
+        classes = [c.rsplit(".", 1)[-1] for c in ast.literal_eval(props.get("pkg.torch.onnx.class_hierarchy", "[]"))]
+        owner = next((c for c in reversed(classes) if c in FP32_ISLAND_CLASSES), "backbone (declared)")
+        counts[owner] = counts.get(owner, 0) + 1
     return counts
 
 
@@ -60,6 +61,7 @@ def convert_to_fp16(model: onnx.ModelProto, islands: list[str]) -> onnx.ModelPro
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     keep = set(islands)
+    _unshare_initializers(model, keep)
     # The converter changes tensor types but not the target of explicit Casts (e.g. a boolean mask
     # cast to float): retarget those outside the islands so the graph stays type-consistent.
     for node in model.graph.node:
@@ -73,6 +75,28 @@ def convert_to_fp16(model: onnx.ModelProto, islands: list[str]) -> onnx.ModelPro
         warnings.simplefilter("ignore")  # it warns for every small weight it rounds to FP16's range
         return float16.convert_float_to_float16(model, keep_io_types=False, node_block_list=list(keep),
                                                 check_fp16_ready=False)
+
+
+def _unshare_initializers(model: onnx.ModelProto, islands: set[str]) -> None:
+    """Give island nodes their own copy of any initializer that other nodes also use (e.g. the 0 and
+    6 of every ReLU6's Clip): the converter types an initializer once, FP16 or FP32, not both."""
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, set[bool]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in inits:
+                users.setdefault(name, set()).add(node.name in islands)
+    shared = {name for name, kinds in users.items() if len(kinds) == 2}
+    for node in model.graph.node:
+        if node.name not in islands:
+            continue
+        for k, name in enumerate(node.input):
+            if name in shared:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__fp32_{node.name}"
+                model.graph.initializer.append(copy)
+                node.input[k] = copy.name
 
 
 def with_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -21,7 +21,7 @@ import onnx
 import torch
 from torch import nn
 
-from sccan.sdk.schema import CLASS_DIM, SupportFeatures
+from sccan.sdk.schema import CLASS_DIM, SLOT_FIELDS, SupportFeatures
 from sccan.train.model import SCCAN
 from sccan.train.model.ops import resize
 
@@ -31,9 +31,8 @@ OPSET = 18
 #: The patch-alignment lowering. "standard-ops": reshape/mean windows, MatMul cosine, explicit
 #: first-index argmax, GatherElements. A TensorRT-plugin variant is a separate value of this switch.
 PATCH_ALIGN_MODES = ("standard-ops",)
-#: Per-shot support tensors. Their slot dimension is dynamic in the decoder: the prior costs
-#: ~60 GFLOPs per slot at 473, so a runtime passes only as many slots as the batch's classes use.
-SLOT_FIELDS = ("prior_keys", "prior_mask", "shot_valid")
+# The per-shot support tensors (SLOT_FIELDS) have a dynamic slot dimension in the decoder: the
+# prior costs ~60 GFLOPs per slot at 473, so a runtime passes only as many slots as the batch uses.
 
 
 class BackboneGraph(nn.Module):

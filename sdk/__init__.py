@@ -3,7 +3,8 @@
 from .errors import (BadImageError, BadMaskError, BundleError, BundleMismatchError, CheckpointError, CorruptCacheError,
                      EmptyMaskError, SCCANError, UnknownClassError)
 from .schema import SupportFeatures, SupportLayout, TensorSpec
+from .segmenter import Result, Segmenter
 
-__all__ = ["SCCANError", "BadImageError", "BadMaskError", "EmptyMaskError", "UnknownClassError",
+__all__ = ["Segmenter", "Result", "SCCANError", "BadImageError", "BadMaskError", "EmptyMaskError", "UnknownClassError",
            "BundleError", "BundleMismatchError", "CorruptCacheError", "CheckpointError", "SupportFeatures",
            "SupportLayout", "TensorSpec"]

@@ -42,6 +42,8 @@ import numpy as np
 CLASS_DIM = "classes"
 
 GLOBAL_FIELDS = ("prototype", "prior_keys", "prior_mask", "shot_valid")
+#: The per-shot fields (second dimension = shot slots).
+SLOT_FIELDS = ("prior_keys", "prior_mask", "shot_valid")
 BLOCK_FIELDS = ("tokens", "prototypes", "has_fg")
 
 

@@ -23,13 +23,8 @@ def _no_grad_deterministic():
         yield
 
 
-@pytest.fixture
-def small_model():
-    """A random-weight small ResNet-50 SCCAN (eval mode), with non-trivial BN statistics."""
-    from sccan.train.model import build_model
-
-    torch.manual_seed(0)
-    model = build_model("resnet50", **SMALL)
+def randomize_bn(model):
+    """Give the frozen BatchNorms non-trivial statistics and affine maps (in place); returns model."""
     for name, buf in model.named_buffers():
         if name.endswith("running_var"):
             buf.uniform_(0.5, 1.5)
@@ -38,6 +33,15 @@ def small_model():
         elif name.endswith(".weight"):
             buf.uniform_(0.5, 1.5)
     return model
+
+
+@pytest.fixture
+def small_model():
+    """A random-weight small ResNet-50 SCCAN (eval mode), with non-trivial BN statistics."""
+    from sccan.train.model import build_model
+
+    torch.manual_seed(0)
+    return randomize_bn(build_model("resnet50", **SMALL))
 
 
 def episode(k: int = 1, size: int = 65, batch: int = 1, seed: int = 0):
@@ -52,3 +56,19 @@ def episode(k: int = 1, size: int = 65, batch: int = 1, seed: int = 0):
             masks[b, s, y0:y0 + size // 3, x0:x0 + size // 3] = 1
     masks[..., -3:] = 255
     return query, support, masks
+
+
+@pytest.fixture(scope="session")
+def trained_synthetic(tmp_path_factory):
+    """The synthetic model, trained once per test run with the shipped config, and its numbers.
+
+    Returns (checkpoint path, train result, config). Shared by the learning test, the export test on
+    the synthetic model, the demo and the CLI tests.
+    """
+    from sccan.train.config import load_config
+    from sccan.train.trainer import train
+
+    config = load_config("synthetic_lite0", {"output": str(tmp_path_factory.mktemp("synthetic") / "run")})
+    with torch.enable_grad():
+        result = train(config, progress=False)
+    return result.output / "best.pt", result, config

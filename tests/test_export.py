@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import helper
 
-from conftest import SMALL
+from conftest import SMALL, randomize_bn
 from sccan.export.exporter import ExportError, check_bundle, export_bundle, valid_size
 from sccan.export.fp16 import convert_to_fp16, fp32_island_nodes, storage_sweep, to_fp16_feeds
 from sccan.export.parity import GraphSessions, check_episodes, run_parity_gate
@@ -25,19 +25,10 @@ SIZE, SHOTS = 65, 3
 LITE_SMALL = dict(grid=8, embed_dim=32, num_blocks=2, num_heads=4, window=4, aspp_dilations=(1, 2, 3))
 
 
-def _randomize_bn(model):
-    for name, buf in model.named_buffers():
-        if name.endswith("running_var"):
-            buf.uniform_(0.5, 1.5)
-        elif name.endswith("running_mean") or name.endswith(".bias"):
-            buf.normal_(0, 0.1)
-    return model
-
-
 @pytest.fixture(scope="module")
 def resnet_bundle(tmp_path_factory):
     torch.manual_seed(0)
-    model = _randomize_bn(build_model("resnet50", **SMALL))
+    model = randomize_bn(build_model("resnet50", **SMALL))
     root = tmp_path_factory.mktemp("export")
     ckpt = save_checkpoint(model, root / "small.pt")
     result = export_bundle(ckpt, root / "bundle", size=SIZE, max_shots=SHOTS, max_classes=4,
@@ -81,7 +72,7 @@ def test_graphs_match_the_model_with_classes_of_different_shots(resnet_bundle):
 def test_parity_gate_fails_on_a_different_model(resnet_bundle):
     _, result = resnet_bundle
     torch.manual_seed(1)
-    other = _randomize_bn(build_model("resnet50", **SMALL))
+    other = randomize_bn(build_model("resnet50", **SMALL))
     paths = {g: result.bundle / graph_file(g, "fp32") for g in GRAPHS}
     report = run_parity_gate(other, paths, SIZE, SHOTS, episodes=1)
     assert not report.ok and "FP32 logits differ" in report.failures[0]

@@ -127,3 +127,22 @@ def test_train_and_eval_cli(tmp_path):
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["episodes"] == 3
     out = subprocess.run(["sccan", "train", "--config", str(tmp_path / "none.yaml")], capture_output=True, text=True)
     assert out.returncode == 1 and "does not exist" in out.stderr
+
+
+def test_shipped_configs_load_and_build():
+    from pathlib import Path
+
+    from sccan.train.model import SCCANConfig
+
+    from sccan.train.config import BUILTIN as root
+
+    files = sorted(root.glob("*.yaml")) + sorted((root / "paper").glob("*.yaml"))
+    assert len(files) >= 34
+    for f in files:
+        config = load_config(f)
+        model = dict(config["model"])
+        model.pop("pretrained_backbone", None)
+        SCCANConfig(**model)  # a valid model configuration
+        assert config["data"]["dataset"] in ("synthetic", "pascal", "coco", "folder"), f
+    paper = load_config("paper/coco_fold3_resnet50_5shot")
+    assert paper["data"]["fold"] == 3 and paper["data"]["shots"] == 5 and paper["eval"]["episodes"] == 4000

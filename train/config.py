@@ -22,6 +22,26 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The configs shipped with the package (``sccan train --config synthetic_lite0`` finds them by name).
+BUILTIN = Path(__file__).resolve().parent / "configs"
+
+
+def builtin_configs() -> list[str]:
+    """Names of the shipped configs (``paper/...`` for the paper's runs)."""
+    return sorted([p.stem for p in BUILTIN.glob("*.yaml")] + [f"paper/{p.stem}" for p in BUILTIN.glob("paper/*.yaml")])
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file path, or the shipped config of that name."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = BUILTIN / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file {path} does not exist (shipped configs: {', '.join(builtin_configs()[:6])}, ...)")
+
+
 class ConfigError(SCCANError):
     """A configuration file that cannot be used (the message names the key)."""
 
@@ -45,9 +65,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """The defaults, then the YAML file, then ``overrides`` (same structure)."""
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        path = resolve_config(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

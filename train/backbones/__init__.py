@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .efficientnet_lite import EfficientNetLite0
+from .frozen_bn import fold_into_conv
 from .efficientnet_lite import MEAN as LITE_MEAN
 from .efficientnet_lite import STD as LITE_STD
 from .resnet import LAYERS as RESNET_LAYERS
@@ -35,14 +36,14 @@ class FeatureBackbone(nn.Module):
     (ResNet: layer4, 2048 ch), at the same resolution (stride 8 for ResNets, 16 for Lite-0).
     """
 
-    def __init__(self, name: str, width: int = 64):
+    def __init__(self, name: str, width: int = 64, lite0_high_block: int | None = None):
         super().__init__()
         if name in RESNET_LAYERS:
             self.body: nn.Module = DeepStemResNet(RESNET_LAYERS[name], width)
             c2, c3, c4 = self.body.channels
             self.mid_channels, self.high_channels, self.stride = c2 + c3, c4, 8
         elif name == "efficientnet_lite0":
-            self.body = EfficientNetLite0(output_stride=16)
+            self.body = EfficientNetLite0(output_stride=16, high_block=lite0_high_block)
             self.mid_channels, self.high_channels = self.body.channels
             self.stride = 16
         else:
@@ -53,6 +54,17 @@ class FeatureBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, b, high = self.body(images)
         return torch.cat([a, b], dim=1), high
+
+    def fp32_scopes(self) -> list[str]:
+        """Module paths (under this backbone) whose exported nodes the FP16 plan keeps in FP32."""
+        return [f"body.{m}" for m in getattr(self.body, "fp32_modules", ())]
+
+    def fold_batchnorms(self) -> None:
+        """Fold every frozen BatchNorm into its convolution, in place (for export: see
+        :func:`~.frozen_bn.fold_into_conv`). The checkpoint names no longer apply afterwards."""
+        for parent, conv_name, bn_name in self.body.conv_bn_pairs():
+            fold_into_conv(getattr(parent, conv_name), getattr(parent, bn_name))
+            setattr(parent, bn_name, nn.Identity())
 
     def train(self, mode: bool = True) -> "FeatureBackbone":
         # The backbone is frozen: it stays in eval mode whatever the rest of the model does.

@@ -89,12 +89,19 @@ class EfficientNetLite0(nn.Module):
     (the segmentation setting). ``num_classes`` > 0 keeps the ImageNet classifier ``_fc``.
 
     ``forward(x)`` takes N x 3 x H x W (normalised) and returns the outputs of blocks
-    7 (80 ch, stride 16), 10 (112 ch, stride 16) and the 1x1 head (1280 ch, ``output_stride``).
+    7 (80 ch, stride 16), 10 (112 ch, stride 16) and the high-level map: the 1x1 head (1280 ch,
+    ``output_stride``) or, with ``high_block``, that block's output.
     """
 
     mid_blocks = (7, 10)
+    #: Modules the FP16 plan keeps in FP32. Measured on the shipped ImageNet weights: the early
+    #: depthwise convolutions, whose BatchNorm-folded weights are large, amplify FP16 storage
+    #: rounding of their inputs to several percent; this stem-and-early-blocks prefix is small in
+    #: cost (the high-resolution stages are narrow).
+    fp32_modules = ("_conv_stem", "_bn0", "_blocks.0", "_blocks.1", "_blocks.2", "_blocks.3", "_blocks.4",
+                    "_blocks.5")
 
-    def __init__(self, output_stride: int = 16, num_classes: int = 0):
+    def __init__(self, output_stride: int = 16, num_classes: int = 0, high_block: int | None = None):
         super().__init__()
         if output_stride not in (16, 32):
             raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
@@ -116,17 +123,34 @@ class EfficientNetLite0(nn.Module):
         self._conv_head = SameConv2d(320, 1280, 1, bias=False)
         self._bn1 = FrozenBatchNorm2d(1280, BN_EPS)
         self._fc = nn.Linear(1280, num_classes) if num_classes else None
-        self.channels = (80 + 112, 1280)
+        if high_block is not None and not 0 <= high_block < len(blocks):
+            raise ValueError(f"high_block must be within 0..{len(blocks) - 1}, got {high_block}")
+        self.high_block = high_block
+        high_channels = 1280 if high_block is None else blocks[high_block]._bn2.weight.shape[0]
+        self.channels = (80 + 112, high_channels)
+
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        """(parent, conv name, BatchNorm name) of every convolution followed by a BatchNorm."""
+        pairs = [(self, "_conv_stem", "_bn0"), (self, "_conv_head", "_bn1")]
+        for block in self._blocks:
+            if block.expand:
+                pairs.append((block, "_expand_conv", "_bn0"))
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        return pairs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        mids = []
-        for i, block in enumerate(self._blocks):
+        mids, high = [], None
+        last = len(self._blocks) - 1 if self.high_block is None else max(self.high_block, self.mid_blocks[-1])
+        for i, block in enumerate(self._blocks[:last + 1]):
             x = block(x)
             if i in self.mid_blocks:
                 mids.append(x)
-        head = F.relu6(self._bn1(self._conv_head(x)))
-        return mids[0], mids[1], head
+            if i == self.high_block:
+                high = x
+        if high is None:
+            high = F.relu6(self._bn1(self._conv_head(x)))
+        return mids[0], mids[1], high
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits N x 1000 (needs ``num_classes=1000``)."""

@@ -33,3 +33,17 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def fold_into_conv(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> None:
+    """Fold ``bn`` into ``conv`` in place: weights scaled per output channel, bias = the shift.
+
+    Exact in real arithmetic. For export: a separate multiply-add after each convolution stores
+    the convolution's output in FP16 first, where large BN scales and shifts cancel badly.
+    """
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        conv.bias = nn.Parameter(bias.clone(), requires_grad=False)

@@ -80,6 +80,16 @@ class DeepStemResNet(nn.Module):
         mods += [Bottleneck(self._inplanes, planes, 1, self._dilation) for _ in range(1, blocks)]
         return nn.Sequential(*mods)
 
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        """(parent, conv name, BatchNorm name) of every convolution followed by a BatchNorm."""
+        pairs = [(self, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+                if block.downsample is not None:
+                    pairs.append((block.downsample, "0", "1"))
+        return pairs
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))

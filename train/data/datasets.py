@@ -22,10 +22,10 @@ def build_dataset(data: dict[str, Any], split: str, seed: int, episodes: int | N
     (``interleaved`` or ``contiguous``). Folder: ``root``, ``train_classes``, ``test_classes``.
     """
     kind = data.get("dataset")
-    default_episodes = data.get("train_episodes", 2000) if split == "train" else data.get("test_episodes", 1000)
-    n = episodes or default_episodes
+    requested = episodes or data.get("train_episodes" if split == "train" else "test_episodes")
     size, shots = data["size"], data["shots"]
     if kind == "synthetic":
+        n = requested or (2000 if split == "train" else 1000)
         return SyntheticFewShot(split, size=size, shots=shots, episodes=n, seed=seed,
                                 num_classes=data.get("num_classes", 24), num_novel=data.get("num_novel", 4),
                                 query_distractors=data.get("query_distractors", 2))
@@ -33,18 +33,21 @@ def build_dataset(data: dict[str, Any], split: str, seed: int, episodes: int | N
     if kind == "pascal":
         _require(data, "root", "fold")
         list_file = data.get("train_list" if split == "train" else "val_list")
-        index = pascal.build_index(data["root"], data["fold"], split, list_file)
-        return SegmentationFewShot(index, split, shots, n, seed, size, PASCAL_SCALE, mean)
-    if kind == "coco":
+        index, scale, binarize = pascal.build_index(data["root"], data["fold"], split, list_file), PASCAL_SCALE, None
+    elif kind == "coco":
         _require(data, "root", "fold")
         index = coco.build_index(data["root"], data["fold"], split, data.get("partition", "interleaved"))
-        return SegmentationFewShot(index, split, shots, n, seed, size, COCO_SCALE, mean)
-    if kind == "folder":
+        scale, binarize = COCO_SCALE, None
+    elif kind == "folder":
         _require(data, "root")
         classes = data.get("train_classes" if split == "train" else "test_classes") or []
-        index = folder.build_index(data["root"], classes)
-        return SegmentationFewShot(index, split, shots, n, seed, size, PASCAL_SCALE, mean, folder.binarize_mask)
-    raise DatasetError(f"unknown dataset {kind!r}; expected one of: synthetic, pascal, coco, folder")
+        index, scale, binarize = folder.build_index(data["root"], classes), PASCAL_SCALE, folder.binarize_mask
+    else:
+        raise DatasetError(f"unknown dataset {kind!r}; expected one of: synthetic, pascal, coco, folder")
+    # By default a training epoch is one pass over the (class, image) pairs, as in the authors' protocol.
+    n = requested or (index.pairs if split == "train" else 1000)
+    return SegmentationFewShot(index, split, shots, n, seed, size, scale, mean, binarize)
+
 
 
 def _require(data: dict[str, Any], *keys: str) -> None:

@@ -44,6 +44,11 @@ class FewShotIndex:
     by_class: dict[int, list[int]]
     class_names: dict[int, str] = field(default_factory=dict)
 
+    @property
+    def pairs(self) -> int:
+        """Number of (class, image) pairs."""
+        return sum(len(v) for v in self.by_class.values())
+
     def check_shots(self, shots: int) -> None:
         """Every class needs shots + 1 images (a query and K distinct supports)."""
         short = {c: len(v) for c, v in self.by_class.items() if len(v) < shots + 1}

@@ -20,6 +20,11 @@ class SCCANConfig:
         window: window side (8).
         mlp_ratio: MLP hidden width / embed_dim (1).
         aspp_dilations: dilations of the three 3x3 ASPP branches (6, 12, 18).
+        feature_dropout: Dropout2d rate after ``down_query``/``down_supp`` in training (0.5, the
+            paper's; with few channels it hides the support-query correspondence early on).
+        lite0_high_block: EfficientNet-Lite0 only: the MBConv block (0-15) whose output is the
+            high-level feature map for the prior; None (default) = the 1280-channel head. Earlier
+            blocks keep colour and texture, which the head has abstracted away.
     """
 
     backbone: str = "resnet50"
@@ -31,6 +36,8 @@ class SCCANConfig:
     window: int = 8
     mlp_ratio: float = 1.0
     aspp_dilations: tuple[int, int, int] = (6, 12, 18)
+    feature_dropout: float = 0.5
+    lite0_high_block: int | None = None
 
     def __post_init__(self) -> None:
         if self.grid % self.window or self.window % 2:

@@ -40,10 +40,11 @@ class SCCAN(nn.Module):
         super().__init__()
         self.config = config
         d = config.embed_dim
-        self.backbone = FeatureBackbone(config.backbone, config.backbone_width)
+        self.backbone = FeatureBackbone(config.backbone, config.backbone_width, config.lite0_high_block)
         mid = self.backbone.mid_channels
-        self.down_query = nn.Sequential(nn.Conv2d(mid, d, 1, bias=False), nn.ReLU(), nn.Dropout2d(0.5))
-        self.down_supp = nn.Sequential(nn.Conv2d(mid, d, 1, bias=False), nn.ReLU(), nn.Dropout2d(0.5))
+        p = config.feature_dropout
+        self.down_query = nn.Sequential(nn.Conv2d(mid, d, 1, bias=False), nn.ReLU(), nn.Dropout2d(p))
+        self.down_supp = nn.Sequential(nn.Conv2d(mid, d, 1, bias=False), nn.ReLU(), nn.Dropout2d(p))
         self.init_merge_query = nn.Sequential(nn.Conv2d(2 * d + 1, d, 1, bias=False))
         self.init_merge_supp = nn.Sequential(nn.Conv2d(2 * d + 1, d, 1, bias=False))
         self.transformer = SCCATransformer(d, config.num_blocks, config.num_heads, config.window,

@@ -1,0 +1,317 @@
+"""``Segmenter``: register a few examples of an object once, then segment it in every frame.
+
+    from sccan.sdk import Segmenter
+    seg = Segmenter("bundle/")                      # ONNX Runtime on this CPU, or TensorRT engines
+    seg.add_class("mug", [image_bgr], [mask])      # 1..K shots; runs the support branch once
+    result = seg.segment(frame_bgr)                 # one backbone run + one batched decode
+    result.masks["mug"], result.label_map, result.overlay(frame_bgr)
+
+Thread safety: a Segmenter may be shared between threads. Registration and removal take a lock;
+``segment`` reads the support cache under the lock and then runs without it (ONNX Runtime
+sessions are safe to run concurrently). Results do not depend on interleaving. ``clone()`` gives
+a Segmenter that shares the loaded graphs but has its own support cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .backends import Backend, OnnxRuntimeBackend
+from .bundle import Bundle, load_bundle
+from .errors import (BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError, EmptyMaskError, SCCANError,
+                     UnknownClassError)
+from .images import as_mask, as_rgb
+from .preprocess import logits_to_original, normalize, resize_image, resize_label
+from .schema import SLOT_FIELDS
+
+SUPPORT_FORMAT = "sccan-support"
+SUPPORT_VERSION = 1
+
+#: Colours (BGR) of classes 1, 2, ... in overlays.
+PALETTE = ((60, 60, 255), (60, 200, 60), (255, 120, 40), (0, 200, 255), (255, 60, 200), (200, 200, 0),
+           (120, 60, 255), (0, 140, 255))
+
+
+@dataclass
+class Result:
+    """What :meth:`Segmenter.segment` returns, at the frame's own size.
+
+    Attributes:
+        probabilities: class name -> H x W float32 foreground probability.
+        masks: class name -> H x W bool (probability above the threshold).
+        label_map: H x W int32: 0 = background, i = the i-th requested class (the most probable
+            one where several are above the threshold).
+        classes: the requested class names, in label-map order.
+        timings: seconds per stage (preprocess, backbone, decode, postprocess, total).
+    """
+
+    probabilities: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    label_map: np.ndarray
+    classes: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def overlay(self, image: np.ndarray, color: str = "bgr", alpha: float = 0.5) -> np.ndarray:
+        """``image`` with each class's mask tinted and outlined and its name written (same colour order)."""
+        out = as_rgb(image, color).copy() if color == "rgb" else as_rgb(image, "bgr")[..., ::-1].copy()
+        for i, name in enumerate(self.classes):
+            mask = self.label_map == i + 1
+            if not mask.any():
+                continue
+            bgr = np.array(PALETTE[i % len(PALETTE)], np.float32)
+            tint = bgr[::-1] if color == "rgb" else bgr
+            out[mask] = ((1 - alpha) * out[mask] + alpha * tint).astype(np.uint8)
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(out, contours, -1, tuple(float(v) for v in tint), 2)
+            ys, xs = np.nonzero(mask)
+            org = (int(xs.min()), max(14, int(ys.min()) - 4))
+            cv2.putText(out, name, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(out, name, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, tuple(float(v) for v in tint), 1, cv2.LINE_AA)
+        return out
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        h.update(key.encode())
+        h.update(str(arrays[key].dtype).encode())
+        h.update(str(arrays[key].shape).encode())
+        h.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return h.hexdigest()
+
+
+class Segmenter:
+    """Few-shot segmentation with cached support features.
+
+    Args:
+        bundle: a bundle directory from ``sccan export`` (or a loaded :class:`Bundle`).
+        backend: ``"auto"`` (TensorRT when TensorRT, a GPU and engines that pass the preflight exist,
+            else ONNX Runtime), ``"onnxruntime"`` or ``"tensorrt"``.
+        device: GPU index (TensorRT, ONNX Runtime's CUDA provider).
+        threads: CPU threads for ONNX Runtime (default: its own choice).
+        precision: ``"fp32"`` or ``"fp16"``; default FP16 for TensorRT and the CUDA provider, FP32
+            on a CPU.
+    """
+
+    def __init__(self, bundle: str | os.PathLike | Bundle, backend: str = "auto", device: int = 0,
+                 threads: int | None = None, precision: str | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.backend = self._make_backend(backend, device, threads, precision)
+        m = self.bundle.manifest
+        self.size = self.bundle.input_size
+        self.max_shots = self.bundle.max_shots
+        self.max_classes = int(m["max_classes"])
+        self.mean = tuple(m["normalization"]["mean"])
+        self.std = tuple(m["normalization"]["std"])
+        self.encoder_sha256 = m["files"][Path(self.bundle.graph_path("support_encoder", self.backend.precision)).name]
+        self._cache: dict[str, dict[str, np.ndarray]] = {}
+        self._shots: dict[str, int] = {}
+        self._lock = threading.RLock()
+
+    def _make_backend(self, backend: str, device: int, threads: int | None, precision: str | None) -> Backend:
+        if backend not in ("auto", "onnxruntime", "tensorrt"):
+            raise ValueError(f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {backend!r}")
+        if backend in ("auto", "tensorrt"):
+            from .tensorrt_backend import TensorRTBackend, tensorrt_unavailable
+
+            why = tensorrt_unavailable(self.bundle, device)
+            if why is None:
+                return TensorRTBackend(self.bundle, device=device, precision=precision or "fp16")
+            if backend == "tensorrt":
+                raise BundleMismatchError(f"TensorRT backend unavailable: {why}")
+        ort_backend = OnnxRuntimeBackend(self.bundle, precision or "fp32", device=device, threads=threads)
+        if precision is None and ort_backend.providers[0] == "CUDAExecutionProvider" and \
+                "fp16" in self.bundle.manifest["graphs"]["backbone"]:
+            return OnnxRuntimeBackend(self.bundle, "fp16", device=device, threads=threads)
+        return ort_backend
+
+    def clone(self) -> "Segmenter":
+        """A Segmenter sharing this one's loaded graphs, with its own (copied) support cache."""
+        twin = object.__new__(Segmenter)
+        twin.__dict__.update(self.__dict__)
+        with self._lock:
+            twin._cache = dict(self._cache)
+            twin._shots = dict(self._shots)
+        twin._lock = threading.RLock()
+        return twin
+
+    # -- support ---------------------------------------------------------------------------------
+
+    @property
+    def classes(self) -> list[str]:
+        with self._lock:
+            return list(self._cache)
+
+    def _prepare(self, image: np.ndarray, color: str, what: str) -> tuple[np.ndarray, object]:
+        rgb = as_rgb(image, color, what)
+        canvas, place = resize_image(rgb, self.size)
+        return normalize(canvas, self.mean, self.std), place
+
+    def add_class(self, name: str, images: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray,
+                  color: str = "bgr") -> None:
+        """Register (or replace) class ``name`` from 1..max_shots examples.
+
+        Args:
+            images: H x W x 3 uint8 images (BGR unless ``color="rgb"``); shots may differ in size.
+            masks: one H x W mask per image; any non-zero pixel is the object.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError("a class name must be a non-empty string")
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+            images = [images]
+        if isinstance(masks, np.ndarray) and masks.ndim == 2:
+            masks = [masks]
+        images, masks = list(images), list(masks)
+        if not images:
+            raise BadImageError(f"class {name!r}: give at least one example image")
+        if len(images) != len(masks):
+            raise BadMaskError(f"class {name!r}: {len(images)} images but {len(masks)} masks")
+        if len(images) > self.max_shots:
+            raise BadImageError(f"class {name!r}: {len(images)} shots exceed this bundle's maximum of "
+                                f"{self.max_shots} (export with a larger --max-shots)")
+        tensors, labels = [], []
+        for k, (image, mask) in enumerate(zip(images, masks)):
+            what = f"class {name!r} shot {k}"
+            rgb = as_rgb(image, color, f"{what} image")
+            binary = as_mask(mask, rgb.shape[:2], f"{what} mask")
+            canvas, _ = resize_image(rgb, self.size)
+            label = resize_label(binary, self.size)
+            if not (label == 1).any():
+                raise EmptyMaskError(f"{what} mask: no foreground is left after resizing to the network's "
+                                     f"{self.size} x {self.size} input (the object is too thin or small)")
+            tensors.append(normalize(canvas, self.mean, self.std))
+            labels.append((label == 1).astype(np.float32))
+        features = self.backend.run("backbone", {"images": np.stack(tensors)})
+        support = self.backend.run("support_encoder", {"mid": features["mid"], "high": features["high"],
+                                                       "masks": np.stack(labels)[None]})
+        with self._lock:
+            self._cache[name] = support
+            self._shots[name] = len(images)
+
+    def remove_class(self, name: str) -> None:
+        with self._lock:
+            if name not in self._cache:
+                raise UnknownClassError(f"no class {name!r}; registered: {list(self._cache)}")
+            del self._cache[name]
+            del self._shots[name]
+
+    def save_support(self, path: str | os.PathLike) -> Path:
+        """Write every registered class's support features to an ``.npz`` (no pickle), atomically.
+
+        The file records the support encoder's sha256, the precision and a checksum of the arrays.
+        """
+        path = Path(path)
+        with self._lock:
+            arrays = {f"{name}/{k}": v for name, fields in self._cache.items() for k, v in fields.items()}
+            meta = {"format": SUPPORT_FORMAT, "version": SUPPORT_VERSION, "encoder_sha256": self.encoder_sha256,
+                    "precision": self.backend.precision, "classes": list(self._cache), "shots": dict(self._shots),
+                    "checksum": _checksum(arrays)}
+        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def load_support(self, path: str | os.PathLike) -> list[str]:
+        """Add the classes of a file from :meth:`save_support`; returns their names.
+
+        Raises:
+            BundleMismatchError: the file was made by another model or precision.
+            CorruptCacheError: the file is damaged or not a support file.
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # numpy raises several types for a damaged zip
+            raise CorruptCacheError(f"{path} is not a readable support file: {exc}") from exc
+        try:
+            meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+        except (KeyError, ValueError) as exc:
+            raise CorruptCacheError(f"{path} is not an SCCAN support file (no valid metadata)") from exc
+        if meta.get("format") != SUPPORT_FORMAT:
+            raise CorruptCacheError(f"{path} is not an SCCAN support file")
+        if meta["encoder_sha256"] != self.encoder_sha256 or meta["precision"] != self.backend.precision:
+            raise BundleMismatchError(
+                f"{path} was made by support encoder {meta['encoder_sha256'][:12]}... in {meta['precision']}; this "
+                f"Segmenter runs {self.encoder_sha256[:12]}... in {self.backend.precision}: register the classes again")
+        if _checksum(arrays) != meta["checksum"]:
+            raise CorruptCacheError(f"{path} fails its checksum: the arrays were altered or damaged")
+        loaded = {}
+        for key, value in arrays.items():
+            name, field_name = key.rsplit("/", 1)
+            loaded.setdefault(name, {})[field_name] = value
+        with self._lock:
+            for name in meta["classes"]:
+                self._cache[name] = loaded[name]
+                self._shots[name] = int(meta["shots"][name])
+        return list(meta["classes"])
+
+    # -- segmentation ------------------------------------------------------------------------------
+
+    def segment(self, image: np.ndarray, classes: Sequence[str] | None = None, threshold: float = 0.5,
+                color: str = "bgr") -> Result:
+        """Segment the registered (or the named) classes in one frame.
+
+        One backbone run; the query decoder runs once over all requested classes (in chunks of the
+        bundle's ``max_classes``).
+        """
+        t0 = time.perf_counter()
+        with self._lock:
+            names = list(self._cache) if classes is None else list(classes)
+            if not self._cache:
+                raise UnknownClassError("no class registered: call add_class() (or load_support()) first")
+            unknown = [n for n in names if n not in self._cache]
+            if unknown:
+                raise UnknownClassError(f"unknown class(es) {unknown}; registered: {list(self._cache)}")
+            cached = [self._cache[n] for n in names]
+            shots = [self._shots[n] for n in names]
+        if not names:
+            raise UnknownClassError("no class requested")
+        tensor, place = self._prepare(image, color, "image")
+        t1 = time.perf_counter()
+        features = self.backend.run("backbone", {"images": tensor[None]})
+        t2 = time.perf_counter()
+        chunks = []
+        for start in range(0, len(names), self.max_classes):
+            part = cached[start:start + self.max_classes]
+            # Padding shot slots only cost time (the prior is computed per slot): cut them to the
+            # most shots any class in this batch has.
+            slots = max(shots[start:start + self.max_classes])
+            batch = {k: np.concatenate([c[k][:, :slots] if k in SLOT_FIELDS else c[k] for c in part]) for k in part[0]}
+            chunks.append(self.backend.run("query_decoder", {"mid": features["mid"], "high": features["high"], **batch})
+                          ["logits"].astype(np.float32))
+        logits = np.concatenate(chunks)
+        t3 = time.perf_counter()
+        full = logits_to_original(logits, place)  # C x 2 x H x W
+        z = full - full.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        probs = (e[:, 1] / e.sum(axis=1)).astype(np.float32)
+        best = probs.argmax(axis=0)
+        label_map = np.where(probs.max(axis=0) > threshold, best + 1, 0).astype(np.int32)
+        result = Result({n: probs[i] for i, n in enumerate(names)}, {n: probs[i] > threshold for i, n in enumerate(names)},
+                        label_map, names)
+        t4 = time.perf_counter()
+        result.timings = {"preprocess": t1 - t0, "backbone": t2 - t1, "decode": t3 - t2, "postprocess": t4 - t3,
+                          "total": t4 - t0}
+        return result
+
+
+__all__ = ["Segmenter", "Result", "SCCANError"]

@@ -1,0 +1,144 @@
+"""The trained synthetic model end to end: learning, export, the CLI, the demo and the samples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from sccan.sdk import Segmenter
+from sccan.train.checkpoint import load_model
+from sccan.train.data.datasets import build_dataset
+from sccan.train.data.episodes import Episode
+from sccan.train.evaluate import evaluate, model_predictor, prior_predictor
+from sccan.train.model import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_synthetic, tmp_path_factory):
+    from sccan.export.exporter import export_bundle
+
+    checkpoint, _, config = trained_synthetic
+    return export_bundle(checkpoint, tmp_path_factory.mktemp("synthetic_bundle") / "bundle",
+                         size=config["data"]["size"], max_shots=2, max_classes=4, check_episodes=2,
+                         progress=False)
+
+
+def test_training_learns_to_match_the_support(trained_synthetic):
+    checkpoint, result, config = trained_synthetic
+    size = config["data"]["size"]
+    test = build_dataset(config["data"], "test", seed=config["eval"]["seed"], episodes=150)
+    episodes = [test[i] for i in range(len(test))]
+    trained = evaluate(model_predictor(load_model(checkpoint), size), episodes, progress=False).miou
+    untrained_model = build_model(**config["model"])
+    untrained = evaluate(model_predictor(untrained_model, size), episodes, progress=False).miou
+    prior = evaluate(prior_predictor(untrained_model, size), episodes, progress=False).miou
+    swapped = [Episode(e.query, e.query_label, *_other_support(episodes, i), e.class_id) for i, e in enumerate(episodes)]
+    wrong_support = evaluate(model_predictor(load_model(checkpoint), size), swapped, progress=False).miou
+    print(json.dumps({"trained": trained, "untrained": untrained, "prior_only": prior,
+                      "trained_with_wrong_support": wrong_support, "steps": result.steps}))
+    assert untrained < 0.3 and prior <= 0.35
+    assert trained > prior + 0.03 and trained > untrained + 0.2
+    assert trained > wrong_support + 0.05, "the prediction must depend on the support set"
+
+
+def _other_support(episodes, i):
+    other = next(e for e in episodes[i + 1:] + episodes[:i] if e.class_id != episodes[i].class_id)
+    return other.support, other.support_labels
+
+
+def test_synthetic_model_exports_with_parity(bundle):
+    p = bundle.manifest["parity"]
+    assert p["ok"] and p["max_relative_logit_diff"] < 1e-4 and p["index_mismatches"] == 0
+    assert p["fp16_max_probability_diff"] <= 0.02 and p["fp16_min_mask_agreement"] >= 0.995
+
+
+def test_sccan_segment_cli_on_images_folder_and_video(bundle, trained_synthetic, tmp_path):
+    _, _, config = trained_synthetic
+    episode = build_dataset(config["data"], "test", seed=5, episodes=1)[0]
+    cv2.imwrite(str(tmp_path / "support.png"), episode.support[0][..., ::-1])
+    cv2.imwrite(str(tmp_path / "mask.png"), episode.support_labels[0] * 255)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(frames / f"f{i}.png"), episode.query[..., ::-1])
+    base = ["sccan", "segment", "--bundle", str(bundle.bundle), "--class", "thing",
+            "--support", f"{tmp_path / 'support.png'}:{tmp_path / 'mask.png'}"]
+    out = subprocess.run(base + ["--input", str(frames), "--output", str(tmp_path / "out"),
+                                 "--save-support", str(tmp_path / "thing.npz")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    overlays = sorted((tmp_path / "out").glob("*_overlay.png"))
+    assert len(overlays) == 3 and cv2.imread(str(overlays[0])).shape == episode.query.shape
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, episode.query.shape[1::-1])
+    for _ in range(5):
+        writer.write(episode.query[..., ::-1])
+    writer.release()
+    out = subprocess.run(["sccan", "segment", "--bundle", str(bundle.bundle), "--load-support",
+                          str(tmp_path / "thing.npz"), "--input", str(video), "--output", str(tmp_path / "vid")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "5 frame(s)" in out.stdout and (tmp_path / "vid" / "segmented.mp4").stat().st_size > 0
+    out = subprocess.run(base + ["--input", "csi://0", "--output", str(tmp_path / "cam")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "GStreamer" in out.stderr
+
+
+def test_demo_runs_on_the_trained_model(trained_synthetic, tmp_path):
+    checkpoint, _, _ = trained_synthetic
+    out = subprocess.run(["sccan", "demo", "--workdir", str(tmp_path / "demo"), "--checkpoint", str(checkpoint),
+                          "--episodes", "12", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "novel-class mIoU over 12 episodes" in out.stdout and "median latency" in out.stdout
+    grid = cv2.imread(str(tmp_path / "demo" / "demo_overlays.png"))
+    assert grid is not None and grid.shape[0] > 8 * 150
+
+
+def test_samples(bundle, trained_synthetic, tmp_path):
+    _, _, config = trained_synthetic
+    episode = build_dataset(config["data"], "test", seed=6, episodes=1)[0]
+    for name, array in (("ex.png", episode.support[0][..., ::-1]), ("ex_mask.png", episode.support_labels[0] * 255),
+                        ("q.png", episode.query[..., ::-1])):
+        cv2.imwrite(str(tmp_path / name), array)
+    out = subprocess.run([sys.executable, str(ROOT / "samples" / "quickstart.py"), str(bundle.bundle),
+                          str(tmp_path / "ex.png"), str(tmp_path / "ex_mask.png"), str(tmp_path / "q.png"),
+                          str(tmp_path / "out.png")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "of the image" in out.stdout and (tmp_path / "out.png").is_file()
+
+    sys.path.insert(0, str(ROOT / "samples"))
+    try:
+        import ros2_node
+        import video_segment
+    finally:
+        sys.path.pop(0)
+    seg = Segmenter(bundle.bundle)
+    seg.add_class("thing", [episode.support[0][..., ::-1]], [episode.support_labels[0]])
+    seg.save_support(tmp_path / "s.npz")
+    video = tmp_path / "in.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, episode.query.shape[1::-1])
+    for _ in range(3):
+        writer.write(episode.query[..., ::-1])
+    writer.release()
+    assert video_segment.main(str(bundle.bundle), str(tmp_path / "s.npz"), str(video), str(tmp_path / "o.mp4")) == 3
+
+    rgb = np.ascontiguousarray(episode.query)
+    array, color = ros2_node.image_to_array(rgb.shape[0], rgb.shape[1], "rgb8", rgb.shape[1] * 3, rgb.tobytes())
+    mask, labels = ros2_node.process(seg, array, color)
+    expected = seg.segment(rgb, color="rgb").label_map
+    np.testing.assert_array_equal(labels, expected.astype(np.uint8))
+    assert set(np.unique(mask)) <= {0, 255}
+    with pytest.raises(ValueError, match="unsupported image encoding"):
+        ros2_node.image_to_array(2, 2, "32FC1", 8, bytes(16))
+    out = subprocess.run([sys.executable, str(ROOT / "samples" / "jetson_camera.py"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "CSI camera" in out.stdout
