@@ -239,7 +239,7 @@ class Segmenter:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
         except FileNotFoundError:
-            raise
+            raise  # a wrong path is not a corrupt file
         except Exception as exc:  # numpy raises several types for a damaged zip
             raise CorruptCacheError(f"{path} is not a readable support file: {exc}") from exc
         try:

@@ -147,7 +147,7 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
         if _main_thread() else {}
     last = output / "last.pt"
-    epoch = start_epoch
+    epochs_done = start_epoch
     try:
         for epoch in range(start_epoch, tcfg["epochs"]):
             if global_step >= total_steps:
@@ -162,52 +162,53 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
                 indices = [i % len(train_set) for i in range(first, first + batch)]
                 inputs = collate([train_set[i] for i in indices], model.mean, model.std)
                 sgd.param_groups[0]["lr"] = poly_lr(tcfg["lr"], global_step, total_steps, tcfg["power"])
-                # enable_grad: the caller's grad mode (e.g. no_grad around an evaluation) must not matter.
-                with torch.enable_grad(), torch.autocast(device.type, enabled=amp):
-                    logits = net(inputs["query"].to(device), inputs["support"].to(device),
-                                 inputs["support_labels"].to(device))
-                    loss = dice_loss(logits, inputs["query_label"].to(device))
                 sgd.zero_grad(set_to_none=True)
                 adamw.zero_grad(set_to_none=True)
+                # enable_grad: the caller's grad mode (e.g. no_grad around an evaluation) must not matter.
                 with torch.enable_grad():
+                    with torch.autocast(device.type, enabled=amp):
+                        logits = net(inputs["query"].to(device), inputs["support"].to(device),
+                                     inputs["support_labels"].to(device))
+                        loss = dice_loss(logits, inputs["query_label"].to(device))
                     scaler.scale(loss).backward()
                 scaler.step(sgd)
                 scaler.step(adamw)
                 scaler.update()
                 global_step += 1
                 if rank == 0 and global_step % tcfg["log_every"] == 0:
-                    record = {"step": global_step, "epoch": epoch, "loss": float(loss.detach()), "lr": sgd.param_groups[0]["lr"],
-                              "time": time.time()}
+                    record = {"step": global_step, "epoch": epoch, "loss": float(loss.detach()),
+                              "lr": sgd.param_groups[0]["lr"], "time": time.time()}
                     _log(log_path, record, tb)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                 if stop["signal"] is not None or global_step >= total_steps or global_step == stop_after:
                     break
             epoch_done = global_step % steps_per_epoch == 0 or global_step >= total_steps
-            if global_step == stop_after and (not epoch_done or global_step < total_steps):
+            interrupted = stop["signal"] is not None or (global_step == stop_after and global_step < total_steps)
+            if interrupted or not epoch_done:
+                # Mid-epoch (or on a signal): save where we are; an epoch finished this way skips its
+                # evaluation, and --resume continues with the next step.
                 if rank == 0:
-                    checkpoint("last.pt", epoch if not epoch_done else epoch + 1)
-                return TrainResult(output, global_step, epoch, best, last, interrupted=True)
-            if stop["signal"] is not None or not epoch_done:
-                if rank == 0:
-                    checkpoint("last.pt", epoch)
+                    checkpoint("last.pt", epoch + 1 if epoch_done else epoch)
                 if stop["signal"] is not None:
                     raise TrainingInterrupted(f"stopped by signal {stop['signal']} at step {global_step}; "
                                               f"resume with --resume {last}")
+                if interrupted:
+                    return TrainResult(output, global_step, epochs_done, best, last, interrupted=True)
                 break
+            epochs_done = epoch + 1
             if rank == 0:
-                if (epoch + 1) % config["eval"]["every"] == 0 or epoch + 1 == tcfg["epochs"]:
+                if epochs_done % config["eval"]["every"] == 0 or epochs_done == tcfg["epochs"]:
                     result = evaluate(model_predictor(model, dcfg["size"], str(device)),
                                       (val_set[i] for i in range(len(val_set))), total=len(val_set),
                                       progress=progress)
                     model.train()
-                    _log(log_path, {"step": global_step, "epoch": epoch + 1, "val_miou": result.miou,
+                    _log(log_path, {"step": global_step, "epoch": epochs_done, "val_miou": result.miou,
                                     "val_fbiou": result.fbiou, "time": time.time()}, tb)
                     if result.miou > best:
                         best = result.miou
-                        checkpoint("best.pt", epoch + 1)
+                        checkpoint("best.pt", epochs_done)
                         save_grid(result.samples, output / "val_samples.png")
-                checkpoint("last.pt", epoch + 1)
-            epoch += 1
+                checkpoint("last.pt", epochs_done)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -217,7 +218,7 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
         # Every rank records its weights' digest: DDP must leave them identical.
         (output / f"rank{rank}.digest").write_text(weights_digest(model) + "\n")
         dist.barrier()
-    return TrainResult(output, global_step, epoch, best, last)
+    return TrainResult(output, global_step, epochs_done, best, last)
 
 
 def _main_thread() -> bool:
