@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from sccan.sdk.preprocess import foreground_probability
 from sccan.train.model import SCCAN
 from sccan.train.model.ops import resize
 
@@ -136,13 +137,6 @@ def _torch_reference(model: SCCAN, episode: Episode, size: int, max_shots: int):
         for h in handles:
             h.remove()
     return results
-
-
-def foreground_probability(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the 2 logit channels, channel 1: C x 2 x H x W -> C x H x W."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e[:, 1] / e.sum(axis=1)
 
 
 def run_parity_gate(model: SCCAN, paths32: dict[str, Path], size: int, max_shots: int, episodes: int,

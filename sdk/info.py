@@ -38,15 +38,21 @@ def _onnxruntime() -> dict[str, Any]:
     return {"available": True, "version": ort.__version__, "providers": ort.get_available_providers()}
 
 
-def cuda_devices() -> tuple[list[dict[str, Any]], str | None]:
-    """(devices, reason none were found), through cuda-python's runtime, then pycuda."""
+def cuda_runtime_module():
+    """cuda-python's CUDA runtime bindings, or None when cuda-python is not installed."""
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
         try:
             from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
         except ImportError:
-            cudart = None
+            return None
+    return cudart
+
+
+def cuda_devices() -> tuple[list[dict[str, Any]], str | None]:
+    """(devices, reason none were found), through cuda-python's runtime, then pycuda."""
+    cudart = cuda_runtime_module()
     if cudart is not None:
         err, count = cudart.cudaGetDeviceCount()
         if int(err) != 0:

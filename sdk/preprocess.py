@@ -96,3 +96,10 @@ def logits_to_original(logits: np.ndarray, p: Placement) -> np.ndarray:
     side = max(p.original_height, p.original_width)
     square = resize_bilinear_align_corners(logits.reshape(c * k, *logits.shape[2:]).astype(np.float32), side, side)
     return square.reshape(c, k, side, side)[:, :, :p.original_height, :p.original_width]
+
+
+def foreground_probability(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the 2 logit channels, channel 1: C x 2 x H x W -> C x H x W float32."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e[:, 1] / e.sum(axis=1)).astype(np.float32)

@@ -31,7 +31,7 @@ from .bundle import Bundle, load_bundle
 from .errors import (BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError, EmptyMaskError, SCCANError,
                      UnknownClassError)
 from .images import as_mask, as_rgb
-from .preprocess import logits_to_original, normalize, resize_image, resize_label
+from .preprocess import foreground_probability, logits_to_original, normalize, resize_image, resize_label
 from .schema import SLOT_FIELDS
 
 SUPPORT_FORMAT = "sccan-support"
@@ -300,10 +300,7 @@ class Segmenter:
                           ["logits"].astype(np.float32))
         logits = np.concatenate(chunks)
         t3 = time.perf_counter()
-        full = logits_to_original(logits, place)  # C x 2 x H x W
-        z = full - full.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        probs = (e[:, 1] / e.sum(axis=1)).astype(np.float32)
+        probs = foreground_probability(logits_to_original(logits, place))  # C x H x W
         best = probs.argmax(axis=0)
         label_map = np.where(probs.max(axis=0) > threshold, best + 1, 0).astype(np.int32)
         result = Result({n: probs[i] for i, n in enumerate(names)}, {n: probs[i] > threshold for i, n in enumerate(names)},

@@ -21,22 +21,16 @@ import numpy as np
 
 from .bundle import GRAPHS, Bundle
 from .errors import BundleMismatchError
+from .info import cuda_devices, cuda_runtime_module
 
 MIN_TENSORRT = (10, 3)
 
 
 def _cuda():
-    """(module, flavour): cuda-python's runtime, or pycuda's driver."""
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    """(module, flavour) for device memory: cuda-python's runtime, or pycuda's driver."""
+    cudart = cuda_runtime_module()
+    if cudart is not None:
         return cudart, "cuda-python"
-    except ImportError:
-        pass
-    try:
-        from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
-        return cudart, "cuda-python"
-    except ImportError:
-        pass
     try:
         import pycuda.autoinit  # noqa: F401  (creates the context)
         import pycuda.driver as drv
@@ -46,13 +40,8 @@ def _cuda():
 
 
 def _compute_capability(device: int) -> str | None:
-    cuda, flavour = _cuda()
-    if flavour == "cuda-python":
-        err, prop = cuda.cudaGetDeviceProperties(device)
-        return f"{prop.major}.{prop.minor}" if int(err) == 0 else None
-    if flavour == "pycuda":
-        return "%d.%d" % cuda.Device(device).compute_capability()
-    return None
+    devices, _ = cuda_devices()
+    return next((d["compute_capability"] for d in devices if d["index"] == device), None)
 
 
 def preflight(bundle: Bundle, precision: str, device: int) -> list[str]:
