@@ -15,7 +15,10 @@ import time
 import cv2
 
 from sccan.sdk import Segmenter
+from sccan.sdk.bundle import load_bundle
+from sccan.sdk.info import cuda_runtime_module
 from sccan.sdk.sources import open_source
+from sccan.sdk.tensorrt_backend import tensorrt_unavailable
 
 
 def main() -> None:
@@ -27,7 +30,14 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--display", action="store_true", help="show the overlay in a window")
     args = parser.parse_args()
-    seg = Segmenter(args.bundle, backend="auto", precision=None)
+    bundle = load_bundle(args.bundle)
+    why = tensorrt_unavailable(bundle, device=0)
+    if why is None:
+        # CUDA graphs replay the per-frame work with one launch (cuda-python needed; pycuda works without)
+        seg = Segmenter(bundle, backend="tensorrt", cuda_graph=cuda_runtime_module() is not None)
+    else:
+        print(f"TensorRT engines not usable here ({why}); falling back to ONNX Runtime")
+        seg = Segmenter(bundle, backend="onnxruntime")
     print(f"backend: {seg.backend.name} ({seg.backend.precision})")
     seg.load_support(args.support)
     camera = open_source(f"csi://{args.sensor}", args.width, args.height)

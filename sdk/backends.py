@@ -1,21 +1,32 @@
 """Inference backends behind one small interface: run a named graph on named inputs.
 
 * :class:`OnnxRuntimeBackend`: the bundle's ONNX graphs in ONNX Runtime (CPU, or the CUDA provider
-  where ``onnxruntime-gpu`` is installed). The embedded default.
-* :class:`TensorRTBackend` (:mod:`sccan.sdk.tensorrt_backend`): the bundle's engines.
+  where ``onnxruntime-gpu`` is installed), through IO binding. The embedded default.
+* :class:`~sccan.sdk.tensorrt_backend.TensorRTBackend`: the bundle's engines.
 
 Everything else (preprocessing, batching classes, postprocessing, the support cache) sits above
 this interface in :class:`sccan.sdk.Segmenter`, so it is the same code whichever backend runs.
+
+Tensors that should not make a round trip through host memory every frame (the cached support
+features, the backbone's outputs on their way to the decoder) are *resident*: handles made by
+:meth:`Backend.resident` or returned for the outputs named in ``keep``, valid as inputs of the
+same backend. What a handle is depends on the backend (an ``OrtValue``, a device pointer); the
+Segmenter never looks inside.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import contextlib
+from collections.abc import Collection, Mapping
+from typing import Any, ContextManager, Protocol
 
 import numpy as np
 
 from .bundle import GRAPHS, Bundle
 from .errors import BundleMismatchError
+
+#: A backend-specific handle to a tensor held where the backend computes.
+Resident = Any
 
 
 class Backend(Protocol):
@@ -24,8 +35,26 @@ class Backend(Protocol):
     name: str
     precision: str
 
-    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run ``graph`` ("backbone", "support_encoder", "query_decoder") on named inputs."""
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray | Resident], keep: Collection[str] = (),
+            outputs: Collection[str] | None = None) -> dict[str, np.ndarray | Resident]:
+        """Run ``graph`` ("backbone", "support_encoder", "query_decoder") on named inputs (arrays
+        or this backend's resident handles) and return ``outputs`` (default: all). Outputs named
+        in ``keep`` come back resident, the others as host arrays. A kept output may live in a
+        buffer the next run of the same graph reuses: use it before then (inside
+        :meth:`exclusive`)."""
+        ...
+
+    def resident(self, graph: str, arrays: Mapping[str, np.ndarray]) -> dict[str, Resident]:
+        """Copy inputs of ``graph`` to where the backend computes, once, as handles for :meth:`run`."""
+        ...
+
+    def exclusive(self) -> ContextManager[Any]:
+        """Held across runs whose kept outputs feed later runs (one frame)."""
+        ...
+
+    def fork(self) -> "Backend":
+        """A backend for another thread, sharing the loaded graphs (or ``self`` where runs are
+        already safe to interleave)."""
         ...
 
     def input_dtype(self, graph: str, name: str) -> np.dtype:
@@ -34,8 +63,13 @@ class Backend(Protocol):
 
 
 class OnnxRuntimeBackend:
-    """ONNX Runtime sessions for the three graphs. ``InferenceSession.run`` is thread-safe, so one
-    backend may serve several threads."""
+    """ONNX Runtime sessions for the three graphs. ``InferenceSession.run_with_iobinding`` is
+    thread-safe with one binding per call, so one backend serves several threads.
+
+    Resident handles are ``OrtValue``s on the provider's device: the support features and the
+    backbone's outputs stay in CUDA memory under the CUDA provider (IO binding), and are passed
+    without a copy on the CPU.
+    """
 
     name = "onnxruntime"
 
@@ -56,8 +90,11 @@ class OnnxRuntimeBackend:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         provider_options = [{"device_id": device} if p == "CUDAExecutionProvider" else {} for p in providers]
+        self.ort = ort
         self.precision = precision
         self.providers = providers
+        self.device_type = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.device_id = device if self.device_type == "cuda" else 0
         self.sessions = {g: ort.InferenceSession(str(bundle.graph_path(g, precision)), options, providers=providers,
                                                  provider_options=provider_options) for g in GRAPHS}
         self._dtypes = {g: {i.name: np.float16 if i.type == "tensor(float16)" else np.float32
@@ -67,7 +104,31 @@ class OnnxRuntimeBackend:
     def input_dtype(self, graph: str, name: str) -> np.dtype:
         return np.dtype(self._dtypes[graph][name])
 
-    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def resident(self, graph: str, arrays: Mapping[str, np.ndarray]) -> dict[str, Resident]:
+        return {k: self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, dtype=self._dtypes[graph][k]),
+                                                         self.device_type, self.device_id)
+                for k, v in arrays.items()}
+
+    def exclusive(self) -> ContextManager[Any]:
+        return contextlib.nullcontext()  # every run has its own binding and outputs
+
+    def fork(self) -> "OnnxRuntimeBackend":
+        return self
+
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray | Resident], keep: Collection[str] = (),
+            outputs: Collection[str] | None = None) -> dict[str, np.ndarray | Resident]:
         session = self.sessions[graph]
-        typed = {k: np.ascontiguousarray(v, dtype=self._dtypes[graph][k]) for k, v in feeds.items()}
-        return dict(zip(self._outputs[graph], session.run(None, typed)))
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, self.ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=self._dtypes[graph][name]))
+        for name in self._outputs[graph]:
+            # outputs nobody reads stay on the device (no copy under the CUDA provider)
+            where = self.device_type if name in keep or (outputs is not None and name not in outputs) else "cpu"
+            binding.bind_output(name, where, self.device_id if where == "cuda" else 0)
+        session.run_with_iobinding(binding)
+        values = dict(zip(self._outputs[graph], binding.get_outputs()))
+        return {name: values[name] if name in keep else values[name].numpy()
+                for name in (self._outputs[graph] if outputs is None else outputs)}

@@ -7,9 +7,16 @@
     result.masks["mug"], result.label_map, result.overlay(frame_bgr)
 
 Thread safety: a Segmenter may be shared between threads. Registration and removal take a lock;
-``segment`` reads the support cache under the lock and then runs without it (ONNX Runtime
-sessions are safe to run concurrently). Results do not depend on interleaving. ``clone()`` gives
-a Segmenter that shares the loaded graphs but has its own support cache.
+``segment`` reads the support cache under the lock and then runs without it. ONNX Runtime runs
+frames of several threads concurrently; the TensorRT backend has one execution context per engine
+and runs one frame at a time. ``clone()`` gives a Segmenter that shares the loaded graphs (and,
+for TensorRT, has its own execution contexts and CUDA stream, so clones run in parallel) with its
+own copy of the support cache. Results do not depend on interleaving.
+
+The support cache is kept twice: as host arrays (what ``save_support`` writes) and, for the
+class batches ``segment`` decodes, resident where the backend computes (device memory for
+TensorRT and ONNX Runtime's CUDA provider), built on first use and reused while the registered
+classes stay the same.
 """
 
 from __future__ import annotations
@@ -101,12 +108,17 @@ class Segmenter:
         threads: CPU threads for ONNX Runtime (default: its own choice).
         precision: ``"fp32"`` or ``"fp16"``; default FP16 for TensorRT and the CUDA provider, FP32
             on a CPU.
+        cuda_graph: TensorRT only: capture the per-frame backbone and decoder into CUDA graphs and
+            replay them while the requested classes stay the same (fewer launches per frame).
     """
 
+    #: Class batches kept resident at once (each a few MB at 473 with 8 classes).
+    RESIDENT_BATCHES = 4
+
     def __init__(self, bundle: str | os.PathLike | Bundle, backend: str = "auto", device: int = 0,
-                 threads: int | None = None, precision: str | None = None):
+                 threads: int | None = None, precision: str | None = None, cuda_graph: bool = False):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.backend = self._make_backend(backend, device, threads, precision)
+        self.backend = self._make_backend(backend, device, threads, precision, cuda_graph)
         m = self.bundle.manifest
         self.size = self.bundle.input_size
         self.max_shots = self.bundle.max_shots
@@ -116,19 +128,23 @@ class Segmenter:
         self.encoder_sha256 = m["files"][Path(self.bundle.graph_path("support_encoder", self.backend.precision)).name]
         self._cache: dict[str, dict[str, np.ndarray]] = {}
         self._shots: dict[str, int] = {}
+        self._resident: dict[tuple[str, ...], dict] = {}
         self._lock = threading.RLock()
 
-    def _make_backend(self, backend: str, device: int, threads: int | None, precision: str | None) -> Backend:
+    def _make_backend(self, backend: str, device: int, threads: int | None, precision: str | None,
+                      cuda_graph: bool) -> Backend:
         if backend not in ("auto", "onnxruntime", "tensorrt"):
             raise ValueError(f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {backend!r}")
         if backend in ("auto", "tensorrt"):
             from .tensorrt_backend import TensorRTBackend, tensorrt_unavailable
 
-            why = tensorrt_unavailable(self.bundle, device)
+            why = tensorrt_unavailable(self.bundle, device, precision or "fp16")
             if why is None:
-                return TensorRTBackend(self.bundle, device=device, precision=precision or "fp16")
+                return TensorRTBackend(self.bundle, device=device, precision=precision or "fp16", cuda_graph=cuda_graph)
             if backend == "tensorrt":
                 raise BundleMismatchError(f"TensorRT backend unavailable: {why}")
+        if cuda_graph:
+            raise ValueError("cuda_graph=True needs the TensorRT backend")
         ort_backend = OnnxRuntimeBackend(self.bundle, precision or "fp32", device=device, threads=threads)
         if precision is None and ort_backend.providers[0] == "CUDAExecutionProvider" and \
                 "fp16" in self.bundle.manifest["graphs"]["backbone"]:
@@ -136,12 +152,15 @@ class Segmenter:
         return ort_backend
 
     def clone(self) -> "Segmenter":
-        """A Segmenter sharing this one's loaded graphs, with its own (copied) support cache."""
+        """A Segmenter sharing this one's loaded graphs, with its own (copied) support cache and,
+        where the backend needs them per thread, its own execution contexts."""
         twin = object.__new__(Segmenter)
         twin.__dict__.update(self.__dict__)
+        twin.backend = self.backend.fork()
         with self._lock:
             twin._cache = dict(self._cache)
             twin._shots = dict(self._shots)
+        twin._resident = {}
         twin._lock = threading.RLock()
         return twin
 
@@ -197,6 +216,7 @@ class Segmenter:
         with self._lock:
             self._cache[name] = support
             self._shots[name] = len(images)
+            self._resident.clear()
 
     def remove_class(self, name: str) -> None:
         with self._lock:
@@ -204,6 +224,7 @@ class Segmenter:
                 raise UnknownClassError(f"no class {name!r}; registered: {list(self._cache)}")
             del self._cache[name]
             del self._shots[name]
+            self._resident.clear()
 
     def save_support(self, path: str | os.PathLike) -> Path:
         """Write every registered class's support features to an ``.npz`` (no pickle), atomically.
@@ -262,9 +283,25 @@ class Segmenter:
             for name in meta["classes"]:
                 self._cache[name] = loaded[name]
                 self._shots[name] = int(meta["shots"][name])
+            self._resident.clear()
         return list(meta["classes"])
 
     # -- segmentation ------------------------------------------------------------------------------
+
+    def _support_batch(self, names: tuple[str, ...]) -> dict:
+        """The decoder's support inputs for classes ``names``, resident, built once (call under the lock)."""
+        batch = self._resident.pop(names, None)
+        if batch is None:
+            part = [self._cache[n] for n in names]
+            # Padding shot slots only cost time (the prior is computed per slot): cut them to the
+            # most shots any class in this batch has.
+            slots = max(self._shots[n] for n in names)
+            arrays = {k: np.concatenate([c[k][:, :slots] if k in SLOT_FIELDS else c[k] for c in part]) for k in part[0]}
+            batch = self.backend.resident("query_decoder", arrays)
+            while len(self._resident) >= self.RESIDENT_BATCHES:
+                del self._resident[next(iter(self._resident))]
+        self._resident[names] = batch  # most recently used last
+        return batch
 
     def segment(self, image: np.ndarray, classes: Sequence[str] | None = None, threshold: float = 0.5,
                 color: str = "bgr") -> Result:
@@ -281,24 +318,18 @@ class Segmenter:
             unknown = [n for n in names if n not in self._cache]
             if unknown:
                 raise UnknownClassError(f"unknown class(es) {unknown}; registered: {list(self._cache)}")
-            cached = [self._cache[n] for n in names]
-            shots = [self._shots[n] for n in names]
+            batches = [self._support_batch(tuple(names[i:i + self.max_classes]))
+                       for i in range(0, len(names), self.max_classes)]
         if not names:
             raise UnknownClassError("no class requested")
         tensor, place = self._prepare(image, color, "image")
         t1 = time.perf_counter()
-        features = self.backend.run("backbone", {"images": tensor[None]})
-        t2 = time.perf_counter()
-        chunks = []
-        for start in range(0, len(names), self.max_classes):
-            part = cached[start:start + self.max_classes]
-            # Padding shot slots only cost time (the prior is computed per slot): cut them to the
-            # most shots any class in this batch has.
-            slots = max(shots[start:start + self.max_classes])
-            batch = {k: np.concatenate([c[k][:, :slots] if k in SLOT_FIELDS else c[k] for c in part]) for k in part[0]}
-            chunks.append(self.backend.run("query_decoder", {"mid": features["mid"], "high": features["high"], **batch})
-                          ["logits"].astype(np.float32))
-        logits = np.concatenate(chunks)
+        with self.backend.exclusive():  # the kept backbone outputs are read by the decoder runs
+            features = self.backend.run("backbone", {"images": tensor[None]}, keep=("mid", "high"))
+            t2 = time.perf_counter()
+            logits = np.concatenate([
+                self.backend.run("query_decoder", {"mid": features["mid"], "high": features["high"], **batch},
+                                 outputs=("logits",))["logits"].astype(np.float32) for batch in batches])
         t3 = time.perf_counter()
         probs = foreground_probability(logits_to_original(logits, place))  # C x H x W
         best = probs.argmax(axis=0)

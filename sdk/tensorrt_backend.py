@@ -1,42 +1,45 @@
 """TensorRT engines as a :class:`~sccan.sdk.backends.Backend` (TensorRT >= 10.3, named tensors).
 
-Kept thin: device buffers, one CUDA stream, ``execute_async_v3``. Device memory goes through
-cuda-python's runtime bindings, or pycuda (the binding JetPack users often have) when cuda-python
-is absent. Before anything is deserialised, a preflight compares what each engine was built for
-(TensorRT version, compute capability, plugin library hash, recorded in the manifest's
-``engines`` section) with this system and refuses a mismatch with a message naming both sides:
-a wrong engine must never segfault or compute silently wrong results.
+Kept thin: one execution context per engine and one CUDA stream per backend, ``execute_async_v3``
+on named tensor addresses. Host staging buffers are page-locked (asynchronous copies need that);
+resident tensors (the cached support features, the backbone's outputs on their way to the decoder)
+stay in device memory and are bound by address, so a frame copies only its image in and the
+logits out. With ``cuda_graph=True`` the per-frame graphs (backbone, query decoder) are captured
+into CUDA graphs after one ordinary enqueue and replayed while their shapes and addresses stay the
+same (a fixed class count); a change re-captures.
 
-Not run on the machines this project is developed and tested on (no GPU, no TensorRT): covered by
-``tests/gpu`` on a machine that has both.
+Device memory goes through cuda-python's runtime bindings, or pycuda (the binding JetPack users
+often have) when cuda-python is absent; CUDA-graph capture needs cuda-python. Before anything is
+deserialised, a preflight compares what each engine was built for (TensorRT version, compute
+capability, plugin library hash, recorded in the manifest's ``engines`` section) with this system
+and refuses a mismatch with a message naming both sides: a wrong engine must never segfault or
+compute silently wrong results.
+
+Not run on a GPU by the machines this project is developed on (no GPU, no TensorRT): ``tests/gpu``
+covers it on a machine that has both; ``tests/test_tensorrt_host.py`` runs this code against a
+host-memory stand-in for the TensorRT and CUDA runtime APIs, which checks the orchestration
+(shapes, addresses, copies, capture and replay) but not TensorRT itself.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import threading
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .bundle import GRAPHS, Bundle
-from .errors import BundleMismatchError
+from .errors import BundleMismatchError, SCCANError
 from .info import cuda_devices, cuda_runtime_module
 
 MIN_TENSORRT = (10, 3)
-
-
-def _cuda():
-    """(module, flavour) for device memory: cuda-python's runtime, or pycuda's driver."""
-    cudart = cuda_runtime_module()
-    if cudart is not None:
-        return cudart, "cuda-python"
-    try:
-        import pycuda.autoinit  # noqa: F401  (creates the context)
-        import pycuda.driver as drv
-        return drv, "pycuda"
-    except ImportError:
-        return None, None
+#: The graphs that run once per frame, which ``cuda_graph=True`` captures.
+PER_FRAME_GRAPHS = ("backbone", "query_decoder")
 
 
 def _compute_capability(device: int) -> str | None:
@@ -64,6 +67,8 @@ def preflight(bundle: Bundle, precision: str, device: int) -> list[str]:
         if info.get("compute_capability") != here_cc:
             problems.append(f"{graph} engine built for compute capability {info.get('compute_capability')}, "
                             f"device {device} is {here_cc}")
+        if not (bundle.path / info.get("file", "")).is_file():
+            problems.append(f"{graph} engine file {info.get('file')} is missing from {bundle.path}")
         plugin = info.get("plugin_library")
         if plugin:
             path = bundle.path / plugin["file"]
@@ -83,8 +88,7 @@ def tensorrt_unavailable(bundle: Bundle, device: int = 0, precision: str = "fp16
     version = tuple(int(v) for v in trt.__version__.split(".")[:2])
     if version < MIN_TENSORRT:
         return f"TensorRT {trt.__version__} is older than the supported 10.3"
-    cuda, _ = _cuda()
-    if cuda is None:
+    if cuda_runtime_module() is None and not _pycuda_importable():
         return "neither cuda-python nor pycuda is installed"
     if _compute_capability(device) is None:
         return f"no CUDA device {device}"
@@ -92,114 +96,377 @@ def tensorrt_unavailable(bundle: Bundle, device: int = 0, precision: str = "fp16
     return "; ".join(problems) if problems else None
 
 
-class _DeviceBuffer:
-    def __init__(self, nbytes: int):
-        self.cuda, self.flavour = _cuda()
-        self.nbytes = max(nbytes, 1)
-        if self.flavour == "cuda-python":
-            err, self.ptr = self.cuda.cudaMalloc(self.nbytes)
-            if int(err) != 0:
-                raise MemoryError(f"cudaMalloc({self.nbytes}) failed: {err}")
-        else:
-            self.mem = self.cuda.mem_alloc(self.nbytes)
-            self.ptr = int(self.mem)
+def _pycuda_importable() -> bool:
+    try:
+        import pycuda.driver  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    def free(self) -> None:
+
+# -- CUDA runtime calls, over cuda-python or pycuda --------------------------------------------------
+
+
+class CudaError(SCCANError):
+    """A CUDA runtime call failed (the message names the call and the error)."""
+
+
+class _PinnedBuffer:
+    """Page-locked host memory, ``array`` a uint8 view of it."""
+
+    def __init__(self, cuda: "_Cuda", nbytes: int):
+        self.cuda, self.nbytes = cuda, max(nbytes, 1)
+        self.array, self._handle = cuda.host_alloc(self.nbytes)
+
+    def view(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        count = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        return self.array[:count].view(dtype).reshape(shape)
+
+    def __del__(self) -> None:
+        try:
+            self.cuda.host_free(self._handle)
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the driver frees it anyway
+            pass
+
+
+class _DeviceBuffer:
+    """Device memory; freed when the last reference goes."""
+
+    def __init__(self, cuda: "_Cuda", nbytes: int):
+        self.cuda, self.nbytes = cuda, max(nbytes, 1)
+        self.ptr, self._handle = cuda.malloc(self.nbytes)
+
+    def __del__(self) -> None:
+        try:
+            self.cuda.free(self._handle)
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the driver frees it anyway
+            pass
+
+
+class _Cuda:
+    """The few CUDA calls the backend makes. ``flavour`` is ``"cuda-python"`` or ``"pycuda"``."""
+
+    def __init__(self, device: int):
+        self.device = device
+        self.rt = cuda_runtime_module()
+        if self.rt is not None:
+            self.flavour = "cuda-python"
+            self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
+            return
+        try:
+            import pycuda.driver as drv
+        except ImportError as exc:
+            raise SCCANError("the TensorRT backend needs cuda-python or pycuda for device memory") from exc
+        self.flavour, self.drv = "pycuda", drv
+        drv.init()
+        self.context = drv.Device(device).retain_primary_context()
+
+    @staticmethod
+    def _check(result: Any, call: str) -> Any:
+        """cuda-python returns (error, value...) tuples: raise on an error, return the value(s)."""
+        err, *values = result if isinstance(result, tuple) else (result,)
+        if int(err) != 0:
+            raise CudaError(f"{call} failed: {err}")
+        return values[0] if len(values) == 1 else (values or None)
+
+    def activate(self) -> None:
+        """Make the device current for the calling thread (CUDA contexts are per thread)."""
         if self.flavour == "cuda-python":
-            self.cuda.cudaFree(self.ptr)
+            self._check(self.rt.cudaSetDevice(self.device), "cudaSetDevice")
+        else:
+            self.context.push()
+
+    def deactivate(self) -> None:
+        if self.flavour == "pycuda":
+            self.drv.Context.pop()
+
+    def malloc(self, nbytes: int) -> tuple[int, Any]:
+        if self.flavour == "cuda-python":
+            ptr = self._check(self.rt.cudaMalloc(nbytes), f"cudaMalloc({nbytes})")
+            return int(ptr), ptr
+        allocation = self.drv.mem_alloc(nbytes)
+        return int(allocation), allocation
+
+    def free(self, handle: Any) -> None:
+        if self.flavour == "cuda-python":
+            self.rt.cudaFree(handle)
+        else:
+            handle.free()
+
+    def host_alloc(self, nbytes: int) -> tuple[np.ndarray, Any]:
+        if self.flavour == "cuda-python":
+            ptr = self._check(self.rt.cudaHostAlloc(nbytes, self.rt.cudaHostAllocDefault), f"cudaHostAlloc({nbytes})")
+            return np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(int(ptr))), ptr
+        array = self.drv.pagelocked_empty((nbytes,), np.uint8)
+        return array, array
+
+    def host_free(self, handle: Any) -> None:
+        if self.flavour == "cuda-python":
+            self.rt.cudaFreeHost(handle)
+        # pycuda frees page-locked arrays with the array
+
+    def stream(self) -> Any:
+        if self.flavour == "cuda-python":
+            return self._check(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking),
+                               "cudaStreamCreateWithFlags")
+        return self.drv.Stream()
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream) if self.flavour == "cuda-python" else int(stream.handle)
+
+    def to_device(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        if self.flavour == "cuda-python":
+            self._check(self.rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes,
+                                                self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream),
+                        "cudaMemcpyAsync(host to device)")
+        else:
+            self.drv.memcpy_htod_async(dst, src, stream)
+
+    def to_host(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        if self.flavour == "cuda-python":
+            self._check(self.rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes,
+                                                self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream),
+                        "cudaMemcpyAsync(device to host)")
+        else:
+            self.drv.memcpy_dtoh_async(dst, src, stream)
+
+    def synchronize(self, stream: Any) -> None:
+        if self.flavour == "cuda-python":
+            self._check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        else:
+            stream.synchronize()
+
+    # CUDA graphs (cuda-python only)
+    def capture(self, stream: Any, enqueue: Any) -> tuple[Any, Any]:
+        """Record what ``enqueue()`` puts on ``stream`` into a CUDA graph: (graph, executable)."""
+        rt = self.rt
+        self._check(rt.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+                    "cudaStreamBeginCapture")
+        try:
+            enqueue()
+        finally:
+            graph = self._check(rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+        executable = self._check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        return graph, executable
+
+    def launch(self, executable: Any, stream: Any) -> None:
+        self._check(self.rt.cudaGraphLaunch(executable, stream), "cudaGraphLaunch")
+
+    def destroy_graph(self, graph: Any, executable: Any) -> None:
+        self.rt.cudaGraphExecDestroy(executable)
+        self.rt.cudaGraphDestroy(graph)
+
+
+# -- the backend ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceTensor:
+    """A resident tensor of the TensorRT backend: device address, shape, dtype. ``owner`` keeps the
+    memory alive (a buffer of its own, or the backend's output buffer it was written to)."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    owner: Any = None
+
+
+@dataclass
+class _Capture:
+    key: tuple
+    graph: Any
+    executable: Any
 
 
 class TensorRTBackend:
-    """The bundle's engines for one precision, one execution context and CUDA stream per engine set."""
+    """The bundle's engines for one precision: one execution context per engine, one CUDA stream,
+    page-locked staging buffers and reused device buffers per tensor.
+
+    A backend runs one graph at a time (a lock); :meth:`fork` gives another thread its own contexts,
+    stream and buffers on the same deserialised engines.
+
+    Args:
+        bundle: a bundle whose manifest lists engines for ``precision``.
+        device: CUDA device index.
+        precision: ``"fp16"`` or ``"fp32"`` engines.
+        cuda_graph: capture the per-frame graphs into CUDA graphs and replay them (cuda-python).
+    """
 
     name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, device: int = 0, precision: str = "fp16"):
+    def __init__(self, bundle: Bundle, device: int = 0, precision: str = "fp16", cuda_graph: bool = False):
         import tensorrt as trt
 
         problems = preflight(bundle, precision, device)
         if problems:
             raise BundleMismatchError("refusing TensorRT engines: " + "; ".join(problems))
-        self.trt, self.precision = trt, precision
-        self.cuda, self.flavour = _cuda()
+        self.trt, self.precision, self.device = trt, precision, device
+        self.cuda = _Cuda(device)
+        if cuda_graph and self.cuda.flavour != "cuda-python":
+            raise SCCANError("CUDA-graph capture needs cuda-python (pip install cuda-python); pycuda is in use")
+        self.cuda_graph = cuda_graph
         self.logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self.logger, "")
         engines = bundle.manifest["engines"][precision]
         plugins = {e["plugin_library"]["file"] for e in engines.values() if e.get("plugin_library")}
-        for plugin in plugins:
-            trt.get_plugin_registry().load_library(str(bundle.path / plugin))
-        runtime = trt.Runtime(self.logger)
-        self.engines, self.contexts = {}, {}
-        for graph in GRAPHS:
-            data = Path(bundle.path / engines[graph]["file"]).read_bytes()
-            engine = runtime.deserialize_cuda_engine(data)
-            if engine is None:
-                raise BundleMismatchError(f"TensorRT could not deserialise {engines[graph]['file']}")
-            self.engines[graph] = engine
-            self.contexts[graph] = engine.create_execution_context()
-        if self.flavour == "cuda-python":
-            _, self.stream = self.cuda.cudaStreamCreate()
-        else:
-            self.stream = self.cuda.Stream()
-        self._buffers: dict[tuple[str, str], _DeviceBuffer] = {}
+        self.cuda.activate()
+        try:
+            for plugin in sorted(plugins):
+                trt.get_plugin_registry().load_library(str(bundle.path / plugin))
+            self.runtime = trt.Runtime(self.logger)
+            self.engines = {}
+            for graph in GRAPHS:
+                engine = self.runtime.deserialize_cuda_engine(Path(bundle.path / engines[graph]["file"]).read_bytes())
+                if engine is None:
+                    raise BundleMismatchError(f"TensorRT could not deserialise {engines[graph]['file']}")
+                self.engines[graph] = engine
+        finally:
+            self.cuda.deactivate()
+        self.inputs, self.outputs, self._dtypes = {}, {}, {}
+        for graph, engine in self.engines.items():
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            self.inputs[graph] = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+            self.outputs[graph] = [n for n in names if n not in self.inputs[graph]]
+            self._dtypes[graph] = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self._start_execution()
 
-    def _io(self, graph: str) -> list[tuple[str, bool]]:
-        engine = self.engines[graph]
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        return [(n, engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT) for n in names]
+    def _start_execution(self) -> None:
+        """Per-thread state: contexts, stream, buffers, captured graphs."""
+        self.cuda.activate()
+        try:
+            self.contexts = {g: e.create_execution_context() for g, e in self.engines.items()}
+            self.stream = self.cuda.stream()
+        finally:
+            self.cuda.deactivate()
+        self._device: dict[tuple[str, str], _DeviceBuffer] = {}
+        self._pinned: dict[tuple[str, str], _PinnedBuffer] = {}
+        self._captures: dict[str, _Capture] = {}
+        self._lock = threading.RLock()
+
+    def fork(self) -> "TensorRTBackend":
+        twin = object.__new__(TensorRTBackend)
+        shared = ("trt", "precision", "device", "cuda", "cuda_graph", "logger", "runtime", "engines", "inputs",
+                  "outputs", "_dtypes")
+        twin.__dict__.update({k: self.__dict__[k] for k in shared})
+        twin._start_execution()
+        return twin
+
+    def exclusive(self) -> threading.RLock:
+        return self._lock
 
     def input_dtype(self, graph: str, name: str) -> np.dtype:
-        return np.dtype(self.trt.nptype(self.engines[graph].get_tensor_dtype(name)))
+        return self._dtypes[graph][name]
 
-    def _buffer(self, graph: str, name: str, nbytes: int) -> _DeviceBuffer:
-        buf = self._buffers.get((graph, name))
+    def _device_buffer(self, graph: str, name: str, nbytes: int) -> _DeviceBuffer:
+        buf = self._device.get((graph, name))
         if buf is None or buf.nbytes < nbytes:
-            if buf is not None:
-                buf.free()
-            buf = self._buffers[(graph, name)] = _DeviceBuffer(nbytes)
+            buf = self._device[(graph, name)] = _DeviceBuffer(self.cuda, nbytes)
         return buf
 
-    def _copy(self, dst: Any, src: Any, nbytes: int, to_device: bool) -> None:
-        if self.flavour == "cuda-python":
-            kind = (self.cuda.cudaMemcpyKind.cudaMemcpyHostToDevice if to_device
-                    else self.cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost)
-            self.cuda.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream)
-        elif to_device:
-            self.cuda.memcpy_htod_async(dst, src, self.stream)
-        else:
-            self.cuda.memcpy_dtoh_async(dst, src, self.stream)
+    def _pinned_buffer(self, graph: str, name: str, nbytes: int) -> _PinnedBuffer:
+        buf = self._pinned.get((graph, name))
+        if buf is None or buf.nbytes < nbytes:
+            buf = self._pinned[(graph, name)] = _PinnedBuffer(self.cuda, nbytes)
+        return buf
 
-    def _sync(self) -> None:
-        if self.flavour == "cuda-python":
-            self.cuda.cudaStreamSynchronize(self.stream)
-        else:
-            self.stream.synchronize()
+    def resident(self, graph: str, arrays: Mapping[str, np.ndarray]) -> dict[str, DeviceTensor]:
+        out = {}
+        with self._lock:
+            self.cuda.activate()
+            try:
+                for name, value in arrays.items():
+                    array = np.ascontiguousarray(value, dtype=self._dtypes[graph][name])
+                    pinned = _PinnedBuffer(self.cuda, array.nbytes)  # alive until the copy is done
+                    staging = pinned.view(array.shape, array.dtype)
+                    np.copyto(staging, array)
+                    buf = _DeviceBuffer(self.cuda, array.nbytes)
+                    self.cuda.to_device(buf.ptr, staging, self.stream)
+                    self.cuda.synchronize(self.stream)
+                    del pinned
+                    out[name] = DeviceTensor(buf.ptr, array.shape, array.dtype, buf)
+            finally:
+                self.cuda.deactivate()
+        return out
 
-    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        context = self.contexts[graph]
-        hosts = {}
-        for name, is_input in self._io(graph):
-            if is_input:
-                array = np.ascontiguousarray(feeds[name], dtype=self.input_dtype(graph, name))
-                context.set_input_shape(name, array.shape)
-                buf = self._buffer(graph, name, array.nbytes)
-                self._copy(buf.ptr if self.flavour == "cuda-python" else buf.mem, array.ctypes.data
-                           if self.flavour == "cuda-python" else array, array.nbytes, True)
-                hosts[name] = array  # keep alive until the copy is done
-                context.set_tensor_address(name, buf.ptr)
-        outputs = {}
-        for name, is_input in self._io(graph):
-            if not is_input:
-                shape = tuple(context.get_tensor_shape(name))
-                array = np.empty(shape, dtype=self.input_dtype(graph, name))
-                buf = self._buffer(graph, name, array.nbytes)
-                context.set_tensor_address(name, buf.ptr)
-                outputs[name] = (array, buf)
-        handle = self.stream if self.flavour == "cuda-python" else self.stream.handle
-        if not context.execute_async_v3(int(handle)):
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray | DeviceTensor], keep: Collection[str] = (),
+            outputs: Collection[str] | None = None) -> dict[str, np.ndarray | DeviceTensor]:
+        missing = [n for n in self.inputs[graph] if n not in feeds]
+        if missing:
+            raise ValueError(f"{graph}: missing inputs {missing}")
+        with self._lock:
+            self.cuda.activate()
+            try:
+                return self._run(graph, feeds, keep, self.outputs[graph] if outputs is None else list(outputs))
+            finally:
+                self.cuda.deactivate()
+
+    def _run(self, graph: str, feeds: Mapping[str, np.ndarray | DeviceTensor], keep: Collection[str],
+             wanted: list[str]) -> dict[str, np.ndarray | DeviceTensor]:
+        context, dtypes = self.contexts[graph], self._dtypes[graph]
+        binding = []  # (name, shape, address): what a captured CUDA graph depends on
+        for name in self.inputs[graph]:
+            value = feeds[name]
+            if isinstance(value, DeviceTensor):
+                if value.dtype != dtypes[name]:
+                    raise ValueError(f"{graph}.{name} takes {dtypes[name]}, the resident tensor is {value.dtype}")
+                shape, ptr = value.shape, value.ptr
+            else:
+                array = np.asarray(value, dtype=dtypes[name])
+                shape = array.shape
+                staging = self._pinned_buffer(graph, name, array.nbytes).view(shape, array.dtype)
+                np.copyto(staging, array)
+                ptr = self._device_buffer(graph, name, array.nbytes).ptr
+                self.cuda.to_device(ptr, staging, self.stream)
+            if not context.set_input_shape(name, shape):
+                raise ValueError(f"{graph}: input {name} of shape {shape} is outside the engine's profile")
+            context.set_tensor_address(name, ptr)
+            binding.append((name, tuple(shape), ptr))
+        shapes = {}
+        for name in self.outputs[graph]:
+            shape = shapes[name] = tuple(context.get_tensor_shape(name))
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtypes[name].itemsize
+            ptr = self._device_buffer(graph, name, nbytes).ptr
+            context.set_tensor_address(name, ptr)
+            binding.append((name, shape, ptr))
+        self._execute(graph, context, tuple(binding))
+        results: dict[str, np.ndarray | DeviceTensor] = {}
+        staged = {}
+        for name in wanted:
+            buf = self._device[(graph, name)]
+            if name in keep:
+                results[name] = DeviceTensor(buf.ptr, shapes[name], dtypes[name], buf)
+            else:
+                staged[name] = self._pinned_buffer(graph, name, buf.nbytes).view(shapes[name], dtypes[name])
+                self.cuda.to_host(staged[name], buf.ptr, self.stream)
+        self.cuda.synchronize(self.stream)
+        results.update({name: view.copy() for name, view in staged.items()})  # staging is reused next run
+        return results
+
+    def _execute(self, graph: str, context: Any, binding: tuple) -> None:
+        handle = self.cuda.stream_handle(self.stream)
+        if not (self.cuda_graph and graph in PER_FRAME_GRAPHS):
+            if not context.execute_async_v3(handle):
+                raise RuntimeError(f"TensorRT execution of {graph} failed")
+            return
+        capture = self._captures.get(graph)
+        if capture is not None and capture.key == binding:
+            self.cuda.launch(capture.executable, self.stream)
+            return
+        # New shapes or addresses: an ordinary enqueue first (TensorRT does its shape-dependent
+        # setup there, which must not be captured), then record the enqueue for later frames.
+        if not context.execute_async_v3(handle):
             raise RuntimeError(f"TensorRT execution of {graph} failed")
-        for name, (array, buf) in outputs.items():
-            self._copy(array.ctypes.data if self.flavour == "cuda-python" else array,
-                       buf.ptr if self.flavour == "cuda-python" else buf.mem, array.nbytes, False)
-        self._sync()
-        return {name: array for name, (array, _) in outputs.items()}
+        self.cuda.synchronize(self.stream)
+        if capture is not None:
+            self.cuda.destroy_graph(capture.graph, capture.executable)
+            del self._captures[graph]
+        results = []
+        cuda_graph, executable = self.cuda.capture(self.stream,
+                                                   lambda: results.append(context.execute_async_v3(handle)))
+        if not all(results):
+            self.cuda.destroy_graph(cuda_graph, executable)
+            raise RuntimeError(f"TensorRT execution of {graph} failed during CUDA-graph capture")
+        self._captures[graph] = _Capture(binding, cuda_graph, executable)
+
+
+__all__ = ["TensorRTBackend", "DeviceTensor", "preflight", "tensorrt_unavailable", "CudaError", "MIN_TENSORRT"]

@@ -44,6 +44,18 @@ def small_model():
     return randomize_bn(build_model("resnet50", **SMALL))
 
 
+def scene(seed: int, h: int = 50, w: int = 70):
+    """A random BGR uint8 image and a 0/255 mask with one rectangle (what an SDK user passes)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    mask[y:y + h // 3, x:x + w // 3] = 255
+    return image, mask
+
+
 def episode(k: int = 1, size: int = 65, batch: int = 1, seed: int = 0):
     """Random normalised images and 0/1/255 labels with a foreground rectangle per shot."""
     g = torch.Generator().manual_seed(seed)

@@ -46,3 +46,17 @@ def test_stride16_features_at_473():
     net = EfficientNetLite0(output_stride=16).eval()
     a, b, head = net(torch.zeros(1, 3, 473, 473))
     assert a.shape == (1, 80, 30, 30) and b.shape == (1, 112, 30, 30) and head.shape == (1, 1280, 30, 30)
+
+
+def test_stride8_and_chosen_mid_blocks(classifier):
+    """Output stride 8 (the synthetic config's): later strides become dilation with the same weights;
+    the mid blocks are chosen, and blocks of different strides are refused."""
+    net = EfficientNetLite0(output_stride=8, num_classes=1000, high_block=10, mid_blocks=(4, 10))
+    net.load_state_dict(classifier.state_dict())
+    mid_a, mid_b, high = net.eval()(torch.randn(1, 3, 129, 129))
+    assert mid_a.shape == (1, 40, 17, 17) and mid_b.shape == (1, 112, 17, 17) and high.shape == (1, 112, 17, 17)
+    assert net.channels == (152, 112)
+    with pytest.raises(ValueError, match="same stride"):
+        EfficientNetLite0(output_stride=16, mid_blocks=(4, 10))  # stride 8 and 16
+    with pytest.raises(ValueError, match="output_stride"):
+        EfficientNetLite0(output_stride=4)

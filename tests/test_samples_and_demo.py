@@ -46,8 +46,8 @@ def test_training_learns_to_match_the_support(trained_synthetic):
     print(json.dumps({"trained": trained, "untrained": untrained, "prior_only": prior,
                       "trained_with_wrong_support": wrong_support, "steps": result.steps}))
     assert untrained < 0.3 and prior <= 0.35
-    assert trained > prior + 0.03 and trained > untrained + 0.2
-    assert trained > wrong_support + 0.05, "the prediction must depend on the support set"
+    assert trained >= 0.5, "the issue's learning target: novel-class mIoU of at least 0.5"
+    assert trained > wrong_support + 0.1, "the prediction must depend on the support set"
 
 
 def _other_support(episodes, i):
@@ -59,6 +59,23 @@ def test_synthetic_model_exports_with_parity(bundle):
     p = bundle.manifest["parity"]
     assert p["ok"] and p["max_relative_logit_diff"] < 1e-4 and p["index_mismatches"] == 0
     assert p["fp16_max_probability_diff"] <= 0.02 and p["fp16_min_mask_agreement"] >= 0.995
+
+
+def test_eval_scores_the_bundle_like_the_checkpoint(bundle, trained_synthetic, tmp_path):
+    """``sccan eval --bundle``: the deployed graphs, through the SDK, by the same protocol."""
+    checkpoint, _, config = trained_synthetic
+    common = ["--config", "synthetic_lite0", "--episodes", "40", "--quiet"]
+    scores = {}
+    for name, source in (("checkpoint", [str(checkpoint)]), ("bundle", ["--bundle", str(bundle.bundle)])):
+        out = subprocess.run(["sccan", "eval", *source, *common, "--output", str(tmp_path / name)],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        scores[name] = json.loads((tmp_path / name / "eval.json").read_text())
+    assert scores["bundle"]["backend"] == "onnxruntime" and scores["bundle"]["size"] == config["data"]["size"]
+    assert abs(scores["bundle"]["miou"] - scores["checkpoint"]["miou"]) < 0.005, scores
+    both = subprocess.run(["sccan", "eval", str(checkpoint), "--bundle", str(bundle.bundle), *common],
+                          capture_output=True, text=True, timeout=300)
+    assert both.returncode == 2 and "one of them" in both.stderr
 
 
 def test_sccan_segment_cli_on_images_folder_and_video(bundle, trained_synthetic, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL, randomize_bn
+from conftest import SMALL, randomize_bn, scene
 from sccan.export.exporter import export_bundle
 from sccan.sdk import (BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError, EmptyMaskError,
                        SCCANError, Segmenter, UnknownClassError)
@@ -30,15 +30,6 @@ def exported(tmp_path_factory):
 @pytest.fixture
 def seg(exported):
     return Segmenter(exported[1])
-
-
-def scene(seed: int, h: int = 50, w: int = 70):
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    mask = np.zeros((h, w), np.uint8)
-    y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-    mask[y:y + h // 3, x:x + w // 3] = 255
-    return image, mask
 
 
 def reference_probability(model, query_bgr, support_bgr, masks):

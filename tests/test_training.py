@@ -68,6 +68,21 @@ def test_synthetic_set_is_deterministic_and_splits_classes():
         assert all(values.count(v) >= 2 for v in values)
 
 
+def test_background_workers_give_the_same_batches():
+    from sccan.train.trainer import episode_batches
+
+    data = SyntheticFewShot("train", size=65, episodes=12, seed=2)
+    lists = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    plain = list(episode_batches(data, lists, (0.0,) * 3, (1.0,) * 3, workers=0))
+    threaded = list(episode_batches(data, lists, (0.0,) * 3, (1.0,) * 3, workers=2))
+    assert len(plain) == len(threaded) == 4
+    for a, b in zip(plain, threaded):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    partial = episode_batches(data, lists, (0.0,) * 3, (1.0,) * 3, workers=2)
+    next(partial)
+    partial.close()  # stopping early (an interrupt) shuts the threads down
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "none.yaml")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -28,26 +29,50 @@ def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .config import load_config
     from .data.datasets import build_dataset
-    from .evaluate import evaluate, model_predictor, prior_predictor, save_grid
+    from .evaluate import bundle_predictor, evaluate, model_predictor, prior_predictor, save_grid
 
+    if (args.checkpoint is None) == (args.bundle is None):
+        print("sccan eval: give a checkpoint or --bundle DIR (one of them)", file=sys.stderr)
+        return 2
+    if args.bundle and (args.prior_only or args.size):
+        print("sccan eval: --prior-only and --size apply to checkpoints (a bundle has its own input size)",
+              file=sys.stderr)
+        return 2
     config = load_config(args.config)
     data = config["data"]
     if args.shots:
         data["shots"] = args.shots
-    model = load_model(args.checkpoint)
-    size = args.size or data["size"]
     episodes = args.episodes or config["eval"]["episodes"]
     dataset = build_dataset(data, "test", seed=args.seed if args.seed is not None else config["eval"]["seed"],
                             episodes=episodes)
-    predict = prior_predictor(model, size) if args.prior_only else model_predictor(model, size)
+    if args.bundle:
+        predict = bundle_predictor(args.bundle, backend=args.backend, precision=args.precision)
+        segmenter = predict.segmenter
+        size = segmenter.size
+        if data["shots"] > segmenter.max_shots:
+            print(f"sccan eval: {data['shots']} shots exceed the bundle's maximum of {segmenter.max_shots}",
+                  file=sys.stderr)
+            return 2
+        source = {"bundle": str(args.bundle), "backend": segmenter.backend.name,
+                  "precision": segmenter.backend.precision}
+        print(f"evaluating bundle {args.bundle} through the SDK ({source['backend']}, {source['precision']})")
+    else:
+        model = load_model(args.checkpoint)
+        size = args.size or data["size"]
+        predict = prior_predictor(model, size) if args.prior_only else model_predictor(model, size)
+        source = {"checkpoint": str(args.checkpoint), "prior_only": bool(args.prior_only)}
     result = evaluate(predict, (dataset[i] for i in range(len(dataset))), total=len(dataset),
                       progress=not args.quiet)
     print(result.table(getattr(dataset, "class_names", None)))
+    skipped = getattr(predict, "empty_supports", 0)
+    if skipped:
+        print(f"warning: {skipped} episode(s) had a support object that vanished at {size} x {size}; "
+              "they count as empty predictions")
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "eval.json", {"checkpoint": str(args.checkpoint), "size": size,
-                                              "shots": data["shots"], **result.to_dict()})
+        write_json_atomic(out / "eval.json", {**source, "size": size, "shots": data["shots"],
+                                              "empty_supports": skipped, **result.to_dict()})
         (out / "eval.txt").write_text(result.table(getattr(dataset, "class_names", None)) + "\n")
         print(f"wrote {out / 'eval.json'}, {out / 'eval.txt'} and {save_grid(result.samples, out / 'episodes.png')}")
     return 0
@@ -64,8 +89,12 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def register_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="mIoU / FB-IoU of a checkpoint by the benchmark protocol")
-    p.add_argument("checkpoint", help="released or project checkpoint")
+    p = sub.add_parser("eval", help="mIoU / FB-IoU of a checkpoint or an exported bundle by the benchmark protocol")
+    p.add_argument("checkpoint", nargs="?", help="released or project checkpoint")
+    p.add_argument("--bundle", help="evaluate an exported bundle through the SDK instead of a checkpoint")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
+                   help="SDK backend for --bundle")
+    p.add_argument("--precision", choices=("fp32", "fp16"), help="bundle precision (default: the backend's)")
     p.add_argument("--config", required=True, help="YAML config whose data/eval sections name the benchmark")
     p.add_argument("--episodes", type=int, help="episodes (default: the config's, 1000 PASCAL / 4000 COCO)")
     p.add_argument("--seed", type=int, help="episode seed (default: the config's)")

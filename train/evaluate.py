@@ -81,6 +81,31 @@ def model_predictor(model: SCCAN, size: int, device: str = "cpu") -> Predictor:
     return predict
 
 
+def bundle_predictor(bundle: str | Path, backend: str = "auto", precision: str | None = None,
+                     device: int = 0) -> Predictor:
+    """An exported bundle's prediction through the SDK (:class:`sccan.sdk.Segmenter`), so a
+    deployed model is measured by the same protocol as its checkpoint. Support masks go in as
+    ``label == 1``. A support whose object vanishes at the network's input size cannot be
+    registered (the SDK refuses it); that episode predicts background and is counted in
+    ``predict.empty_supports``. ``predict.segmenter`` is the Segmenter used."""
+    from sccan.sdk import EmptyMaskError, Segmenter
+
+    segmenter = Segmenter(bundle, backend=backend, precision=precision, device=device)
+
+    def predict(episode: Episode) -> np.ndarray:
+        try:
+            segmenter.add_class("episode", episode.support, [label == 1 for label in episode.support_labels],
+                                color="rgb")
+        except EmptyMaskError:
+            predict.empty_supports += 1
+            return np.zeros(episode.query_label.shape, np.int64)
+        return segmenter.segment(episode.query, color="rgb").masks["episode"].astype(np.int64)
+
+    predict.empty_supports = 0
+    predict.segmenter = segmenter
+    return predict
+
+
 def prior_predictor(model: SCCAN, size: int, threshold: float = 0.5, device: str = "cpu") -> Predictor:
     """The prior mask alone (no trained parameters: backbone features only), thresholded."""
     model = model.eval()
@@ -145,7 +170,12 @@ def save_grid(samples: list[tuple[Episode, np.ndarray]], path: str | Path, tile:
         out = image.astype(np.float32).copy()
         sel = mask == 1
         out[sel] = 0.45 * out[sel] + 0.55 * np.array(colour, np.float32)
-        return fit(out.clip(0, 255).astype(np.uint8))
+        out = fit(out.clip(0, 255).astype(np.uint8))
+        # A tint alone blends into coloured objects: outline the mask too (white, at tile size).
+        small = cv2.resize(sel.astype(np.uint8), (tile, tile), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+        return out
 
     rows = []
     for episode, prediction in samples:

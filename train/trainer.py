@@ -10,12 +10,16 @@ the RNG state, so ``--resume`` continues the same trajectory: episodes are a fun
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import json
 import math
 import os
 import signal
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +93,33 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def episode_batches(dataset: Any, index_lists: list[list[int]], mean: tuple[float, ...], std: tuple[float, ...],
+                    workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Collated batches of ``dataset[i]`` for each list of indices, in order.
+
+    With ``workers`` > 0, that many background threads prepare the next batches while the current
+    one trains. Threads, not processes: making an episode is numpy/OpenCV work that releases the
+    GIL, and threads need no pickling of datasets. Episodes are functions of their index, so the
+    batches are the same either way.
+    """
+    def make(indices: list[int]) -> dict[str, torch.Tensor]:
+        return collate([dataset[i] for i in indices], mean, std)
+
+    if workers <= 0:
+        for indices in index_lists:
+            yield make(indices)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="episodes") as pool:
+        upcoming = iter(index_lists)
+        pending = collections.deque(pool.submit(make, i) for i in itertools.islice(upcoming, workers))
+        while pending:
+            inputs = pending.popleft().result()
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append(pool.submit(make, following))
+            yield inputs
+
+
 def train(config: dict[str, Any], resume: str | Path | None = None, progress: bool = True,
           stop_after: int | None = None) -> TrainResult:
     """Train SCCAN as ``config`` (see :mod:`sccan.train.config`) says; returns where it wrote.
@@ -157,10 +188,11 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
             model.train()
             bar = tqdm(range(done_in_epoch, steps_per_epoch), desc=f"epoch {epoch + 1}/{tcfg['epochs']}",
                        disable=not progress or rank != 0, leave=False)
-            for step in bar:
-                first = rank * per_rank + step * batch
-                indices = [i % len(train_set) for i in range(first, first + batch)]
-                inputs = collate([train_set[i] for i in indices], model.mean, model.std)
+            index_lists = [[i % len(train_set) for i in range(rank * per_rank + step * batch,
+                                                              rank * per_rank + (step + 1) * batch)]
+                           for step in range(done_in_epoch, steps_per_epoch)]
+            for step, inputs in zip(bar, episode_batches(train_set, index_lists, model.mean, model.std,
+                                                         int(tcfg.get("workers") or 0))):
                 sgd.param_groups[0]["lr"] = poly_lr(tcfg["lr"], global_step, total_steps, tcfg["power"])
                 sgd.zero_grad(set_to_none=True)
                 adamw.zero_grad(set_to_none=True)

@@ -33,19 +33,21 @@ class FeatureBackbone(nn.Module):
 
     ``forward(images)`` maps N x 3 x H x W normalised images to ``(mid, high)``: mid the
     concatenation of two middle stages (ResNet: layer2 + layer3, 1536 ch), high the last stage
-    (ResNet: layer4, 2048 ch), at the same resolution (stride 8 for ResNets, 16 for Lite-0).
+    (ResNet: layer4, 2048 ch), at the same resolution (stride 8 for ResNets, 16 or 8 for Lite-0).
     """
 
-    def __init__(self, name: str, width: int = 64, lite0_high_block: int | None = None):
+    def __init__(self, name: str, width: int = 64, lite0_high_block: int | None = None,
+                 lite0_output_stride: int = 16, lite0_mid_blocks: tuple[int, int] = (7, 10)):
         super().__init__()
         if name in RESNET_LAYERS:
             self.body: nn.Module = DeepStemResNet(RESNET_LAYERS[name], width)
             c2, c3, c4 = self.body.channels
             self.mid_channels, self.high_channels, self.stride = c2 + c3, c4, 8
         elif name == "efficientnet_lite0":
-            self.body = EfficientNetLite0(output_stride=16, high_block=lite0_high_block)
+            self.body = EfficientNetLite0(output_stride=lite0_output_stride, high_block=lite0_high_block,
+                                          mid_blocks=lite0_mid_blocks)
             self.mid_channels, self.high_channels = self.body.channels
-            self.stride = 16
+            self.stride = lite0_output_stride
         else:
             raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
         self.name = name

@@ -53,9 +53,12 @@ class SameConv2d(nn.Conv2d):
                                  self.dilation[::-1]):
             total = max((math.ceil(int(size) / s) - 1) * s + (k - 1) * d + 1 - int(size), 0)
             pads += [total // 2, total - total // 2]
-        if any(pads):
-            x = F.pad(x, pads)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        left, right, top, bottom = pads
+        if left == right and top == bottom:
+            # Symmetric (stride 1, or stride 2 on odd sizes): the convolution pads by itself, the
+            # same zeros without a padded copy of the input (and no Pad node in the exported graph).
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class MBConvBlock(nn.Module):
@@ -86,14 +89,16 @@ class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 body.
 
     ``output_stride`` 32 is the ImageNet network; 16 replaces the last stride by dilation 2
-    (the segmentation setting). ``num_classes`` > 0 keeps the ImageNet classifier ``_fc``.
+    (the segmentation setting); 8 also the one before it (dilations 2 and 4). ``num_classes`` > 0 keeps the ImageNet classifier ``_fc``.
 
-    ``forward(x)`` takes N x 3 x H x W (normalised) and returns the outputs of blocks
-    7 (80 ch, stride 16), 10 (112 ch, stride 16) and the high-level map: the 1x1 head (1280 ch,
-    ``output_stride``) or, with ``high_block``, that block's output.
+    ``forward(x)`` takes N x 3 x H x W (normalised) and returns the outputs of the two
+    ``mid_blocks`` (default 7 (80 ch) and 10 (112 ch)) and the high-level map: the 1x1 head
+    (1280 ch, ``output_stride``) or, with ``high_block``, that block's output. The mid blocks must
+    have the same stride (blocks 3-4 are at stride 8, 5-10 at ``min(output_stride, 16)``).
     """
 
-    mid_blocks = (7, 10)
+    #: Output channels of each MBConv block.
+    BLOCK_CHANNELS = tuple(cout for _, _, _, _, cout, repeats in STAGES for _ in range(repeats))
     #: Modules the FP16 plan keeps in FP32. Measured on the shipped ImageNet weights: the early
     #: depthwise convolutions, whose BatchNorm-folded weights are large, amplify FP16 storage
     #: rounding of their inputs to several percent; this stem-and-early-blocks prefix is small in
@@ -101,10 +106,11 @@ class EfficientNetLite0(nn.Module):
     fp32_modules = ("_conv_stem", "_bn0", "_blocks.0", "_blocks.1", "_blocks.2", "_blocks.3", "_blocks.4",
                     "_blocks.5")
 
-    def __init__(self, output_stride: int = 16, num_classes: int = 0, high_block: int | None = None):
+    def __init__(self, output_stride: int = 16, num_classes: int = 0, high_block: int | None = None,
+                 mid_blocks: tuple[int, int] = (7, 10)):
         super().__init__()
-        if output_stride not in (16, 32):
-            raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = FrozenBatchNorm2d(32, BN_EPS)
         blocks, stride_so_far, dilation = [], 2, 1
@@ -126,8 +132,24 @@ class EfficientNetLite0(nn.Module):
         if high_block is not None and not 0 <= high_block < len(blocks):
             raise ValueError(f"high_block must be within 0..{len(blocks) - 1}, got {high_block}")
         self.high_block = high_block
-        high_channels = 1280 if high_block is None else blocks[high_block]._bn2.weight.shape[0]
-        self.channels = (80 + 112, high_channels)
+        high_channels = 1280 if high_block is None else self.BLOCK_CHANNELS[high_block]
+        strides = self._block_strides(output_stride)
+        mid_blocks = tuple(mid_blocks)
+        if len(mid_blocks) != 2 or not 3 <= mid_blocks[0] < mid_blocks[1] < len(blocks) or \
+                strides[mid_blocks[0]] != strides[mid_blocks[1]]:
+            raise ValueError(f"mid_blocks must be two increasing blocks from 3 on with the same stride "
+                             f"(strides per block at output_stride {output_stride}: {strides}), got {mid_blocks}")
+        self.mid_blocks = mid_blocks
+        self.channels = (self.BLOCK_CHANNELS[mid_blocks[0]] + self.BLOCK_CHANNELS[mid_blocks[1]], high_channels)
+
+    @staticmethod
+    def _block_strides(output_stride: int) -> list[int]:
+        strides, current = [], 2
+        for _, stride, _, _, _, repeats in STAGES:
+            if stride == 2 and current < output_stride:
+                current *= 2
+            strides += [current] * repeats
+        return strides
 
     def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
         """(parent, conv name, BatchNorm name) of every convolution followed by a BatchNorm."""

@@ -27,7 +27,7 @@ def build_dataset(data: dict[str, Any], split: str, seed: int, episodes: int | N
     if kind == "synthetic":
         n = requested or (2000 if split == "train" else 1000)
         return SyntheticFewShot(split, size=size, shots=shots, episodes=n, seed=seed,
-                                num_classes=data.get("num_classes", 24), num_novel=data.get("num_novel", 4),
+                                num_classes=data.get("num_classes"), num_novel=data.get("num_novel", 6),
                                 query_distractors=data.get("query_distractors", 2))
     mean = tuple(data.get("pad_mean", IMAGENET_MEAN))
     if kind == "pascal":

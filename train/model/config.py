@@ -25,6 +25,12 @@ class SCCANConfig:
         lite0_high_block: EfficientNet-Lite0 only: the MBConv block (0-15) whose output is the
             high-level feature map for the prior; None (default) = the 1280-channel head. Earlier
             blocks keep colour and texture, which the head has abstracted away.
+        lite0_output_stride: EfficientNet-Lite0 only: 16 (default; 30 x 30 features at 473) or 8,
+            which turns the stride of stage 4 into dilation (4x the cost of the later blocks) for
+            small inputs whose stride-16 maps would be only a few cells across.
+        lite0_mid_blocks: EfficientNet-Lite0 only: the two MBConv blocks whose outputs, concatenated,
+            are the mid-level features (default 7 and 10, as ResNet's layer2 + layer3); earlier
+            blocks keep more colour. Both must have the same stride.
     """
 
     backbone: str = "resnet50"
@@ -38,6 +44,8 @@ class SCCANConfig:
     aspp_dilations: tuple[int, int, int] = (6, 12, 18)
     feature_dropout: float = 0.5
     lite0_high_block: int | None = None
+    lite0_output_stride: int = 16
+    lite0_mid_blocks: tuple[int, int] = (7, 10)
 
     def __post_init__(self) -> None:
         if self.grid % self.window or self.window % 2:
@@ -45,10 +53,12 @@ class SCCANConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by {self.num_heads} heads")
         object.__setattr__(self, "aspp_dilations", tuple(self.aspp_dilations))
+        object.__setattr__(self, "lite0_mid_blocks", tuple(self.lite0_mid_blocks))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["aspp_dilations"] = list(self.aspp_dilations)
+        d["lite0_mid_blocks"] = list(self.lite0_mid_blocks)
         return d
 
     @classmethod

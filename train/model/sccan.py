@@ -40,7 +40,8 @@ class SCCAN(nn.Module):
         super().__init__()
         self.config = config
         d = config.embed_dim
-        self.backbone = FeatureBackbone(config.backbone, config.backbone_width, config.lite0_high_block)
+        self.backbone = FeatureBackbone(config.backbone, config.backbone_width, config.lite0_high_block,
+                                        config.lite0_output_stride, config.lite0_mid_blocks)
         mid = self.backbone.mid_channels
         p = config.feature_dropout
         self.down_query = nn.Sequential(nn.Conv2d(mid, d, 1, bias=False), nn.ReLU(), nn.Dropout2d(p))
