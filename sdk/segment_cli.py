@@ -17,7 +17,9 @@ from .sources import open_source, read_image, read_mask
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    seg = Segmenter(args.bundle, backend=args.backend, threads=args.threads)
+    if args.cuda_graph and args.backend != "tensorrt":
+        raise SCCANError("--cuda-graph needs --backend tensorrt")
+    seg = Segmenter(args.bundle, backend=args.backend, threads=args.threads, cuda_graph=args.cuda_graph)
     if args.load_support:
         seg.load_support(args.load_support)
     if args.support:
@@ -74,5 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
     p.add_argument("--threads", type=int, help="ONNX Runtime CPU threads")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="TensorRT: replay the per-frame work as CUDA graphs (needs cuda-python)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames (streams)")
     p.set_defaults(func=run)
