@@ -49,12 +49,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/3] segmenting {args.episodes} held-out episodes of novel classes with the SDK (ONNX Runtime, CPU)...")
     seg = Segmenter(bundle, backend="onnxruntime")
     dataset = build_dataset(config["data"], "test", seed=config["eval"]["seed"], episodes=args.episodes)
-    names = getattr(dataset, "table", None)
+    names = getattr(dataset, "class_names", {})
     meter, rows, timings = IoUMeter(), [], []
     for i in range(len(dataset)):
         episode = dataset[i]
-        name = (f"{names[episode.class_id].shape}/{names[episode.class_id].texture}" if names
-                else f"class{episode.class_id}")
+        name = names.get(episode.class_id, f"class{episode.class_id}")
         # The SDK takes BGR (OpenCV's order); episodes are RGB.
         seg.add_class(name, [s[..., ::-1] for s in episode.support], episode.support_labels)
         result = seg.segment(episode.query[..., ::-1], classes=[name])

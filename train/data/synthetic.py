@@ -157,6 +157,11 @@ class SyntheticFewShot:
     def __len__(self) -> int:
         return self.episodes
 
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Class id -> ``shape/texture/hue`` (for tables and overlays)."""
+        return {i: f"{c.shape}/{c.texture}/{c.hue}" for i, c in enumerate(self.table)}
+
     def set_epoch(self, epoch: int) -> None:
         """Training draws new episodes each epoch; evaluation keeps epoch 0."""
         self.epoch = epoch
