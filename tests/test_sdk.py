@@ -182,3 +182,20 @@ def test_threads_give_the_same_results_as_one_thread(seg):
     clone = seg.clone()
     clone.remove_class("c0")
     assert seg.classes == ["c0", "c1"] and clone.classes == ["c1"]
+
+
+def test_replacing_a_class_replaces_its_cached_features(exported, seg):
+    """The decoder batches kept resident are rebuilt when a class is registered again."""
+    first, second, query = scene(21), scene(22, 60, 40), scene(23)[0]
+
+    def alone(shot):
+        other = Segmenter(exported[1])
+        other.add_class("thing", [shot[0]], [shot[1]])
+        return other.segment(query).probabilities["thing"]
+
+    seg.add_class("thing", [first[0]], [first[1]])
+    seg.segment(query)  # builds and keeps the resident batch for ("thing",)
+    seg.add_class("thing", [second[0]], [second[1]])
+    got = seg.segment(query).probabilities["thing"]
+    np.testing.assert_array_equal(got, alone(second))
+    assert not np.allclose(got, alone(first))  # the two examples do give different answers

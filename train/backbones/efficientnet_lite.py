@@ -89,7 +89,8 @@ class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 body.
 
     ``output_stride`` 32 is the ImageNet network; 16 replaces the last stride by dilation 2
-    (the segmentation setting); 8 also the one before it (dilations 2 and 4). ``num_classes`` > 0 keeps the ImageNet classifier ``_fc``.
+    (the segmentation setting); 8 also the one before it (dilations 2 and 4). ``num_classes`` > 0
+    keeps the ImageNet classifier ``_fc``.
 
     ``forward(x)`` takes N x 3 x H x W (normalised) and returns the outputs of the two
     ``mid_blocks`` (default 7 (80 ch) and 10 (112 ch)) and the high-level map: the 1x1 head
@@ -113,7 +114,7 @@ class EfficientNetLite0(nn.Module):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = FrozenBatchNorm2d(32, BN_EPS)
-        blocks, stride_so_far, dilation = [], 2, 1
+        blocks, strides, stride_so_far, dilation = [], [], 2, 1
         for kernel, stride, expand, cin, cout, repeats in STAGES:
             for r in range(repeats):
                 s = stride if r == 0 else 1
@@ -125,6 +126,7 @@ class EfficientNetLite0(nn.Module):
                     stride_so_far *= 2
                 blocks.append(MBConvBlock(kernel, s, d if r == 0 else dilation, expand,
                                           cin if r == 0 else cout, cout))
+                strides.append(stride_so_far)  # of this block's output
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(320, 1280, 1, bias=False)
         self._bn1 = FrozenBatchNorm2d(1280, BN_EPS)
@@ -133,7 +135,6 @@ class EfficientNetLite0(nn.Module):
             raise ValueError(f"high_block must be within 0..{len(blocks) - 1}, got {high_block}")
         self.high_block = high_block
         high_channels = 1280 if high_block is None else self.BLOCK_CHANNELS[high_block]
-        strides = self._block_strides(output_stride)
         mid_blocks = tuple(mid_blocks)
         if len(mid_blocks) != 2 or not 3 <= mid_blocks[0] < mid_blocks[1] < len(blocks) or \
                 strides[mid_blocks[0]] != strides[mid_blocks[1]]:
@@ -141,15 +142,6 @@ class EfficientNetLite0(nn.Module):
                              f"(strides per block at output_stride {output_stride}: {strides}), got {mid_blocks}")
         self.mid_blocks = mid_blocks
         self.channels = (self.BLOCK_CHANNELS[mid_blocks[0]] + self.BLOCK_CHANNELS[mid_blocks[1]], high_channels)
-
-    @staticmethod
-    def _block_strides(output_stride: int) -> list[int]:
-        strides, current = [], 2
-        for _, stride, _, _, _, repeats in STAGES:
-            if stride == 2 and current < output_stride:
-                current *= 2
-            strides += [current] * repeats
-        return strides
 
     def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
         """(parent, conv name, BatchNorm name) of every convolution followed by a BatchNorm."""
