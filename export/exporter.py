@@ -33,7 +33,7 @@ from sccan.train.model import SCCAN
 
 from .fp16 import FP32_ISLAND_CLASSES, convert_to_fp16, fp32_island_nodes, island_summary
 from .graphs import OPSET, PATCH_ALIGN_MODES, GraphSpec, export_graph, graph_specs
-from .parity import ParityReport, run_parity_gate
+from .parity import run_parity_gate
 from .tensorrt_ops import check_model, op_counts, parameter_count
 
 RESIZE_RULE = ("PFENet test-time resize: scale so the longer side equals input_size keeping the aspect "

@@ -145,7 +145,6 @@ def test_train_and_eval_cli(tmp_path):
 
 
 def test_shipped_configs_load_and_build():
-    from pathlib import Path
 
     from sccan.train.model import SCCANConfig
 

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from sccan.sdk.bundle import MANIFEST
 from sccan.sdk.info import cuda_devices
 
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (it cannot be on the CI machines)")

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# What a GPU session runs (one short script): build the native code for the local GPU, run ctest
+# (the kernel against the CPU reference), compute-sanitizer (memcheck, racecheck) on the kernel
+# test, and the Python GPU tests. Usage: bash tests/gpu/run_device_checks.sh [TensorRT_ROOT] [OUT]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+trt_root="${1:-}"
+out="${2:-${OUT:-/tmp/sccan-gpu}}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$out/gpu.txt"
+arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.')
+cmake -S . -B build -DSCCAN_REQUIRE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" ${trt_root:+-DTensorRT_ROOT=$trt_root} \
+  > "$out/cmake.log" 2>&1 && cmake --build build -j "$(nproc)" >> "$out/cmake.log" 2>&1 || { tail -30 "$out/cmake.log"; exit 1; }
+status=0
+ctest --test-dir build --output-on-failure -V > "$out/ctest.log" 2>&1 || status=1
+grep -E "device:|C=|time|Passed|Failed|Skipped|tests passed" "$out/ctest.log"
+for tool in memcheck racecheck; do
+  if command -v compute-sanitizer > /dev/null; then
+    compute-sanitizer --tool "$tool" --error-exitcode 3 build/test_patch_align_gpu --no-timing > "$out/$tool.log" 2>&1 \
+      && echo "compute-sanitizer $tool: clean ($(tail -1 "$out/$tool.log"))" || { echo "compute-sanitizer $tool FAILED"; tail -20 "$out/$tool.log"; status=1; }
+  fi
+done
+if python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
+  python3 -m pip install -q --no-deps --no-build-isolation -e . > "$out/pip.log" 2>&1 || tail -5 "$out/pip.log"
+  python3 -m pytest -q -s -p no:cacheprovider tests/gpu 2>&1 | tee "$out/pytest_gpu.log" | tail -25
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+exit $status
