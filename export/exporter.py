@@ -25,8 +25,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from sccan.sdk.bundle import (FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, graph_file, load_bundle, sha256_file,
-                              write_json_atomic)
+from sccan.sdk.bundle import (FORMAT, FORMAT_VERSION, GRAPHS, graph_file, load_bundle, readable_by_others,
+                              sha256_file, write_json_atomic, write_manifest)
 from sccan.sdk.errors import SCCANError
 from sccan.train.checkpoint import load_model
 from sccan.train.model import SCCAN
@@ -137,6 +137,7 @@ def export_bundle(checkpoint: str | os.PathLike | SCCAN, output: str | os.PathLi
 
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+    readable_by_others(work, directory=True)  # mkdtemp makes it 0700
     try:
         manifest = _build(model, work, size, max_shots, max_classes, check_episodes, fp16, patch_align,
                           source, progress)
@@ -227,7 +228,7 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
     (work / "report.txt").write_text(report)
     write_json_atomic(work / "report.json", {"graphs": graphs, "parity": parity.to_dict(), "cost_gflops": cost})
     manifest["files"] = {p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.suffix in (".onnx", ".txt", ".json")}
-    write_json_atomic(work / MANIFEST, manifest)
+    write_manifest(work, manifest)
     if not parity.ok:
         raise ExportError("parity gate failed:\n  " + "\n  ".join(parity.failures) + "\n\n" + report)
     return manifest

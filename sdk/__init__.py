@@ -1,10 +1,11 @@
 """SCCAN Edge runtime SDK (numpy, OpenCV, ONNX Runtime; TensorRT where available). Never imports torch."""
 
-from .errors import (BadImageError, BadMaskError, BundleError, BundleMismatchError, CheckpointError, CorruptCacheError,
-                     EmptyMaskError, SCCANError, UnknownClassError)
+from .errors import (BadArgumentError, BadImageError, BadMaskError, BundleError, BundleMismatchError, CheckpointError,
+                     CorruptCacheError, EmptyMaskError, MissingFileError, SCCANError, UnknownClassError)
 from .schema import SupportFeatures, SupportLayout, TensorSpec
 from .segmenter import Result, Segmenter
 
 __all__ = ["Segmenter", "Result", "SCCANError", "BadImageError", "BadMaskError", "EmptyMaskError", "UnknownClassError",
-           "BundleError", "BundleMismatchError", "CorruptCacheError", "CheckpointError", "SupportFeatures",
+           "BundleError", "BundleMismatchError", "CorruptCacheError", "CheckpointError", "BadArgumentError",
+           "MissingFileError", "SupportFeatures",
            "SupportLayout", "TensorSpec"]

@@ -40,5 +40,13 @@ class CorruptCacheError(SCCANError):
     """A file (support cache, bundle member) fails its checksum or cannot be parsed."""
 
 
+class BadArgumentError(SCCANError, ValueError):
+    """An argument outside what the API accepts (class name, backend, threshold, colour order...)."""
+
+
+class MissingFileError(SCCANError, FileNotFoundError):
+    """A file the user named does not exist (also a ``FileNotFoundError``)."""
+
+
 class CheckpointError(SCCANError):
     """A checkpoint file cannot be read or does not fit the model."""

@@ -7,6 +7,7 @@ always sees the same pixels. Images are H x W x 3 uint8; colour order is explici
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -44,11 +45,17 @@ def to_rgb(image: np.ndarray, color: str = "bgr") -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, size: int) -> tuple[np.ndarray, Placement]:
-    """H x W x C image -> (size x size x C canvas of zeros with the resized image top-left, placement)."""
+    """H x W x C image -> (size x size x C float32 canvas of zeros with the resized image top-left,
+    placement).
+
+    As the reference pipeline: the pixels are converted to float32 first and resized bilinearly
+    (OpenCV's INTER_LINEAR) as floats, so nothing is rounded back to integers.
+    """
     h, w = image.shape[:2]
     p = placement(h, w, size)
-    canvas = np.zeros((size, size, *image.shape[2:]), dtype=image.dtype)
-    canvas[:p.height, :p.width] = cv2.resize(image, (p.width, p.height), interpolation=cv2.INTER_LINEAR)
+    canvas = np.zeros((size, size, *image.shape[2:]), dtype=np.float32)
+    canvas[:p.height, :p.width] = cv2.resize(image.astype(np.float32, copy=False), (p.width, p.height),
+                                             interpolation=cv2.INTER_LINEAR).reshape(p.height, p.width, *image.shape[2:])
     return canvas, p
 
 
@@ -67,39 +74,83 @@ def normalize(image_rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, 
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def resize_bilinear_align_corners(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize with ``align_corners=True`` of N x H x W (float32), as the network's resizes.
+@functools.lru_cache(maxsize=32)
+def _align_corners_taps(src: int, dst: int, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``keep`` of ``dst`` output positions of an align-corners resize from ``src``:
+    lower and upper source index and the upper weight (float32). Cached: a camera's frame size
+    repeats every frame."""
+    if dst == 1 or src == 1:
+        pos = np.zeros(keep, np.float64)
+    else:
+        pos = np.arange(keep, dtype=np.float64) * (src - 1) / (dst - 1)
+    lo = np.clip(np.floor(pos).astype(np.intp), 0, src - 1)
+    hi = np.clip(lo + 1, 0, src - 1)
+    for a in (lo, hi):
+        a.setflags(write=False)
+    weight = (pos - lo).astype(np.float32)
+    weight.setflags(write=False)
+    return lo, hi, weight
 
-    OpenCV has no align-corners mode, so this is separable linear interpolation in numpy.
+
+def resize_bilinear_align_corners(x: np.ndarray, height: int, width: int, crop: tuple[int, int] | None = None
+                                  ) -> np.ndarray:
+    """Bilinear resize with ``align_corners=True`` of N x h x w float32 maps to ``height`` x
+    ``width``, as the network's resizes; with ``crop = (H, W)`` only the top-left H x W of the
+    result is computed (the rest is never read, so it is never made).
+
+    OpenCV has no align-corners mode (and its remap rounds positions to 1/32 pixel), so this is
+    separable linear interpolation in numpy on precomputed taps: rows first (N x H x w), then
+    columns (N x H x W). Memory and time are proportional to the output.
     """
     n, h, w = x.shape
+    rows, cols = crop if crop is not None else (height, width)
+    y0, y1, fy = _align_corners_taps(h, height, rows)
+    x0, x1, fx = _align_corners_taps(w, width, cols)
+    top = np.take(x, y0, axis=1)
+    tmp = np.take(x, y1, axis=1)
+    tmp -= top
+    tmp *= fy[None, :, None]
+    tmp += top  # N x H x w
+    out = np.take(tmp, x0, axis=2)
+    right = np.take(tmp, x1, axis=2)
+    right -= out
+    right *= fx[None, None, :]
+    out += right
+    return out
 
-    def weights(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if dst == 1 or src == 1:
-            pos = np.zeros(dst, np.float64)
-        else:
-            pos = np.arange(dst, dtype=np.float64) * (src - 1) / (dst - 1)
-        lo = np.clip(np.floor(pos).astype(np.int64), 0, src - 1)
-        hi = np.clip(lo + 1, 0, src - 1)
-        return lo, hi, (pos - lo).astype(np.float32)
 
-    y0, y1, fy = weights(h, height)
-    x0, x1, fx = weights(w, width)
-    rows = x[:, y0, :] * (1 - fy)[None, :, None] + x[:, y1, :] * fy[None, :, None]
-    return rows[:, :, x0] * (1 - fx)[None, None, :] + rows[:, :, x1] * fx[None, None, :]
-
-
-def logits_to_original(logits: np.ndarray, p: Placement) -> np.ndarray:
-    """The reference evaluation path: C x 2 x S x S logits (at the network input size) -> resized to
-    a square of the original's longer side -> cropped to the original H x W. C x 2 x H x W."""
-    c, k, _, _ = logits.shape
+def resize_to_frame(maps: np.ndarray, p: Placement) -> np.ndarray:
+    """The reference evaluation path for N x S x S maps at the network's input size: resized
+    (align corners) to a square of the original's longer side and cropped to the original
+    H x W, computed only where the crop is. N x H x W float32."""
     side = max(p.original_height, p.original_width)
-    square = resize_bilinear_align_corners(logits.reshape(c * k, *logits.shape[2:]).astype(np.float32), side, side)
-    return square.reshape(c, k, side, side)[:, :, :p.original_height, :p.original_width]
+    return resize_bilinear_align_corners(maps.astype(np.float32, copy=False), side, side,
+                                         crop=(p.original_height, p.original_width))
+
+
+def foreground_logit(logits: np.ndarray) -> np.ndarray:
+    """C x 2 x ... logits -> C x ... foreground logit ``l1 - l0``: softmax over the two channels
+    is the sigmoid of it, and bilinear resizing, being linear, commutes with the difference."""
+    return (logits[:, 1] - logits[:, 0]).astype(np.float32, copy=False)
+
+
+def sigmoid_(x: np.ndarray) -> np.ndarray:
+    """Logistic function in place on float32 ``x`` (no extra full-size arrays); returns ``x``."""
+    np.negative(x, out=x)
+    with np.errstate(over="ignore"):  # exp of a large logit is inf, and 1 / inf is the right 0
+        np.exp(x, out=x)
+    x += 1.0
+    np.reciprocal(x, out=x)
+    return x
+
+
+def frame_probability(logits: np.ndarray, p: Placement) -> np.ndarray:
+    """C x 2 x S x S logits at the network input -> C x H x W foreground probability at the
+    frame's size, by the reference path (resize to the longer side's square, crop, softmax),
+    computed on one channel and only inside the crop."""
+    return sigmoid_(resize_to_frame(foreground_logit(logits), p))
 
 
 def foreground_probability(logits: np.ndarray) -> np.ndarray:
     """Softmax over the 2 logit channels, channel 1: C x 2 x H x W -> C x H x W float32."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e[:, 1] / e.sum(axis=1)).astype(np.float32)
+    return sigmoid_(np.array(foreground_logit(logits), dtype=np.float32))

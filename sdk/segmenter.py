@@ -35,11 +35,13 @@ import numpy as np
 
 from .backends import Backend, OnnxRuntimeBackend
 from .bundle import Bundle, load_bundle
-from .errors import (BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError, EmptyMaskError, SCCANError,
-                     UnknownClassError)
-from .images import as_mask, as_rgb
-from .preprocess import foreground_probability, logits_to_original, normalize, resize_image, resize_label
-from .schema import SLOT_FIELDS
+from .errors import (BadArgumentError, BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError,
+                     EmptyMaskError, MissingFileError, SCCANError, UnknownClassError)
+from .images import as_mask, as_rgb, check_color
+from .preprocess import frame_probability, normalize, resize_image, resize_label
+from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, SLOT_FIELDS
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
 SUPPORT_FORMAT = "sccan-support"
 SUPPORT_VERSION = 1
@@ -47,6 +49,25 @@ SUPPORT_VERSION = 1
 #: Colours (BGR) of classes 1, 2, ... in overlays.
 PALETTE = ((60, 60, 255), (60, 200, 60), (255, 120, 40), (0, 200, 255), (255, 60, 200), (200, 200, 0),
            (120, 60, 255), (0, 140, 255))
+
+
+#: The smallest object a support mask may show, in pixels at the network's input size.
+MIN_OBJECT_PIXELS = 4
+
+
+def check_class_name(name: object) -> str:
+    """``name`` if it can name a class: a non-empty string without '/' (support files use it)."""
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise BadArgumentError(f"a class name must be a non-empty string without '/', got {name!r}")
+    return name
+
+
+def check_threshold(threshold: object) -> float:
+    """``threshold`` as a float within [0, 1], else :class:`BadArgumentError`."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or \
+            not 0.0 <= float(threshold) <= 1.0:
+        raise BadArgumentError(f"threshold must be a probability within [0, 1], got {threshold!r}")
+    return float(threshold)
 
 
 @dataclass
@@ -69,22 +90,39 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
 
     def overlay(self, image: np.ndarray, color: str = "bgr", alpha: float = 0.5) -> np.ndarray:
-        """``image`` with each class's mask tinted and outlined and its name written (same colour order)."""
-        out = as_rgb(image, color).copy() if color == "rgb" else as_rgb(image, "bgr")[..., ::-1].copy()
+        """``image`` (uint8, same colour order) with each class's mask tinted, outlined in its colour
+        between a black and a white line (visible on any background, a red object included), and its
+        name written on a dark box kept inside the frame."""
+        rgb = as_rgb(image, color)
+        if rgb.dtype != np.uint8:
+            rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+        out = (rgb if color == "rgb" else rgb[..., ::-1]).copy()
+        h, w = out.shape[:2]
         for i, name in enumerate(self.classes):
             mask = self.label_map == i + 1
             if not mask.any():
                 continue
             bgr = np.array(PALETTE[i % len(PALETTE)], np.float32)
-            tint = bgr[::-1] if color == "rgb" else bgr
-            out[mask] = ((1 - alpha) * out[mask] + alpha * tint).astype(np.uint8)
+            tint = tuple(float(v) for v in (bgr[::-1] if color == "rgb" else bgr))
+            out[mask] = ((1 - alpha) * out[mask] + alpha * np.array(tint, np.float32)).astype(np.uint8)
             contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(out, contours, -1, tuple(float(v) for v in tint), 2)
+            cv2.drawContours(out, contours, -1, (0, 0, 0), 5)
+            cv2.drawContours(out, contours, -1, (255, 255, 255), 3)
+            cv2.drawContours(out, contours, -1, tint, 1)
             ys, xs = np.nonzero(mask)
-            org = (int(xs.min()), max(14, int(ys.min()) - 4))
-            cv2.putText(out, name, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(out, name, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, tuple(float(v) for v in tint), 1, cv2.LINE_AA)
+            (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+            x = int(min(max(0, xs.min()), max(0, w - tw - 4)))
+            y = int(min(max(th + 4, ys.min() - 4), max(th + 4, h - base - 2)))
+            cv2.rectangle(out, (x, y - th - 3), (x + tw + 3, y + base), (0, 0, 0), -1)
+            cv2.putText(out, name, (x + 2, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, tint, 1, cv2.LINE_AA)
         return out
+
+    def label_colors(self) -> np.ndarray:
+        """The label map as a viewable H x W x 3 BGR picture (black background, class colours)."""
+        lut = np.zeros((max(len(self.classes), 1) + 1, 3), np.uint8)
+        for i in range(len(self.classes)):
+            lut[i + 1] = PALETTE[i % len(PALETTE)]
+        return lut[self.label_map]
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
@@ -95,6 +133,29 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
         h.update(str(arrays[key].shape).encode())
         h.update(np.ascontiguousarray(arrays[key]).tobytes())
     return h.hexdigest()
+
+
+def _read_support_meta(raw: np.ndarray | None, path: Path, not_ours: str) -> dict:
+    """The metadata of a support file, checked field by field, or :class:`CorruptCacheError`."""
+    try:
+        meta = json.loads(raw.tobytes().decode()) if raw is not None else None
+    except (ValueError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != SUPPORT_FORMAT:
+        raise CorruptCacheError(f"{not_ours}: no valid metadata")
+    if meta.get("version") != SUPPORT_VERSION:
+        raise CorruptCacheError(f"{path} is support format version {meta.get('version')!r}; this SDK reads "
+                                f"{SUPPORT_VERSION}")
+    classes, shots = meta.get("classes"), meta.get("shots")
+    if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise CorruptCacheError(f"{path}: metadata 'classes' must be a list of distinct names, got {classes!r}")
+    if not (isinstance(shots, dict) and all(isinstance(shots.get(c), int) and shots[c] >= 1 for c in classes)):
+        raise CorruptCacheError(f"{path}: metadata 'shots' must give a shot count for every class, got {shots!r}")
+    for key in ("encoder_sha256", "precision", "checksum"):
+        if not isinstance(meta.get(key), str):
+            raise CorruptCacheError(f"{path}: metadata '{key}' is missing")
+    return meta
 
 
 class Segmenter:
@@ -133,8 +194,11 @@ class Segmenter:
 
     def _make_backend(self, backend: str, device: int, threads: int | None, precision: str | None,
                       cuda_graph: bool) -> Backend:
-        if backend not in ("auto", "onnxruntime", "tensorrt"):
-            raise ValueError(f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {backend!r}")
+        if backend not in BACKENDS:
+            raise BadArgumentError(f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {backend!r}")
+        if precision not in (None, "fp32", "fp16"):
+            raise BadArgumentError(f"precision must be 'fp32' or 'fp16' (or None for the backend's default), "
+                                   f"got {precision!r}")
         if backend in ("auto", "tensorrt"):
             from .tensorrt_backend import TensorRTBackend, tensorrt_unavailable
 
@@ -144,7 +208,7 @@ class Segmenter:
             if backend == "tensorrt":
                 raise BundleMismatchError(f"TensorRT backend unavailable: {why}")
         if cuda_graph:
-            raise ValueError("cuda_graph=True needs the TensorRT backend")
+            raise BadArgumentError("cuda_graph=True needs the TensorRT backend")
         ort_backend = OnnxRuntimeBackend(self.bundle, precision or "fp32", device=device, threads=threads)
         if precision is None and ort_backend.providers[0] == "CUDAExecutionProvider" and \
                 "fp16" in self.bundle.manifest["graphs"]["backbone"]:
@@ -184,8 +248,7 @@ class Segmenter:
             images: H x W x 3 uint8 images (BGR unless ``color="rgb"``); shots may differ in size.
             masks: one H x W mask per image; any non-zero pixel is the object.
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError("a class name must be a non-empty string")
+        check_class_name(name)
         if isinstance(images, np.ndarray) and images.ndim in (2, 3):
             images = [images]
         if isinstance(masks, np.ndarray) and masks.ndim == 2:
@@ -203,8 +266,13 @@ class Segmenter:
             what = f"class {name!r} shot {k}"
             rgb = as_rgb(image, color, f"{what} image")
             binary = as_mask(mask, rgb.shape[:2], f"{what} mask")
-            canvas, _ = resize_image(rgb, self.size)
+            canvas, place = resize_image(rgb, self.size)
             label = resize_label(binary, self.size)
+            area = float(binary.sum()) * (place.height * place.width) / (place.original_height * place.original_width)
+            if area < MIN_OBJECT_PIXELS:
+                raise EmptyMaskError(f"{what} mask: the object covers {int(binary.sum())} of {binary.size} pixels, "
+                                     f"{area:.2g} pixels at the network's {self.size} x {self.size} input (at least "
+                                     f"{MIN_OBJECT_PIXELS} needed): crop the image around the object")
             if not (label == 1).any():
                 raise EmptyMaskError(f"{what} mask: no foreground is left after resizing to the network's "
                                      f"{self.size} x {self.size} input (the object is too thin or small)")
@@ -232,6 +300,9 @@ class Segmenter:
         The file records the support encoder's sha256, the precision and a checksum of the arrays.
         """
         path = Path(path)
+        if path.is_dir():
+            raise BadArgumentError(f"{path} is a directory: give a file path for the support features "
+                                   "(such as classes.npz)")
         with self._lock:
             arrays = {f"{name}/{k}": v for name, fields in self._cache.items() for k, v in fields.items()}
             meta = {"format": SUPPORT_FORMAT, "version": SUPPORT_VERSION, "encoder_sha256": self.encoder_sha256,
@@ -251,38 +322,53 @@ class Segmenter:
     def load_support(self, path: str | os.PathLike) -> list[str]:
         """Add the classes of a file from :meth:`save_support`; returns their names.
 
+        The whole file is checked before anything changes: on any error the Segmenter keeps exactly
+        the classes it had.
+
         Raises:
+            MissingFileError: there is no such file (also a ``FileNotFoundError``).
             BundleMismatchError: the file was made by another model or precision.
-            CorruptCacheError: the file is damaged or not a support file.
+            CorruptCacheError: the file is damaged, altered or not a support file.
         """
         path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"support file {path} does not exist" if not path.exists() else
+                                   f"support file {path} is a directory, not a file from save_support()")
+        not_ours = f"{path} is not an SCCAN support file (an .npz written by Segmenter.save_support)"
         try:
             with np.load(path, allow_pickle=False) as data:
+                if not hasattr(data, "files"):  # a bare .npy array
+                    raise CorruptCacheError(not_ours)
                 arrays = {k: data[k] for k in data.files}
-        except FileNotFoundError:
-            raise  # a wrong path is not a corrupt file
-        except Exception as exc:  # numpy raises several types for a damaged zip
-            raise CorruptCacheError(f"{path} is not a readable support file: {exc}") from exc
-        try:
-            meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-        except (KeyError, ValueError) as exc:
-            raise CorruptCacheError(f"{path} is not an SCCAN support file (no valid metadata)") from exc
-        if meta.get("format") != SUPPORT_FORMAT:
-            raise CorruptCacheError(f"{path} is not an SCCAN support file")
+        except CorruptCacheError:
+            raise
+        except Exception as exc:  # numpy raises several types for text, images, damaged zips
+            raise CorruptCacheError(f"{not_ours}: {type(exc).__name__}") from None
+        meta = _read_support_meta(arrays.pop("__meta__", None), path, not_ours)
         if meta["encoder_sha256"] != self.encoder_sha256 or meta["precision"] != self.backend.precision:
             raise BundleMismatchError(
                 f"{path} was made by support encoder {meta['encoder_sha256'][:12]}... in {meta['precision']}; this "
                 f"Segmenter runs {self.encoder_sha256[:12]}... in {self.backend.precision}: register the classes again")
         if _checksum(arrays) != meta["checksum"]:
             raise CorruptCacheError(f"{path} fails its checksum: the arrays were altered or damaged")
-        loaded = {}
+        expected = set(GLOBAL_FIELDS) | {f"block{i}_{f}" for i in range(self.bundle.layout.num_blocks)
+                                         for f in BLOCK_FIELDS}
+        loaded: dict[str, dict[str, np.ndarray]] = {}
         for key, value in arrays.items():
-            name, field_name = key.rsplit("/", 1)
+            name, _, field_name = key.rpartition("/")
             loaded.setdefault(name, {})[field_name] = value
+        for name in meta["classes"]:
+            fields = loaded.get(name, {})
+            if set(fields) != expected:
+                missing = sorted(expected - set(fields))
+                raise CorruptCacheError(f"{path}: class {name!r} is listed but its arrays are incomplete "
+                                        f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''})")
+            if any(v.ndim == 0 or v.shape[0] != 1 for v in fields.values()):
+                raise CorruptCacheError(f"{path}: class {name!r} has arrays of the wrong shape")
         with self._lock:
             for name in meta["classes"]:
                 self._cache[name] = loaded[name]
-                self._shots[name] = int(meta["shots"][name])
+                self._shots[name] = meta["shots"][name]
             self._resident.clear()
         return list(meta["classes"])
 
@@ -311,6 +397,10 @@ class Segmenter:
         bundle's ``max_classes``).
         """
         t0 = time.perf_counter()
+        threshold = check_threshold(threshold)
+        check_color(color)
+        if isinstance(classes, str):
+            classes = [classes]
         with self._lock:
             names = list(self._cache) if classes is None else list(classes)
             if not self._cache:
@@ -331,10 +421,15 @@ class Segmenter:
                 self.backend.run("query_decoder", {"mid": features["mid"], "high": features["high"], **batch},
                                  outputs=("logits",))["logits"].astype(np.float32) for batch in batches])
         t3 = time.perf_counter()
-        probs = foreground_probability(logits_to_original(logits, place))  # C x H x W
-        best = probs.argmax(axis=0)
-        label_map = np.where(probs.max(axis=0) > threshold, best + 1, 0).astype(np.int32)
-        result = Result({n: probs[i] for i, n in enumerate(names)}, {n: probs[i] > threshold for i, n in enumerate(names)},
+        probs = frame_probability(logits, place)  # C x H x W
+        masks = probs > threshold
+        if len(names) == 1:
+            label_map = masks[0].astype(np.int32)
+        else:
+            label_map = probs.argmax(axis=0).astype(np.int32)
+            label_map += 1
+            label_map *= masks.any(axis=0)
+        result = Result({n: probs[i] for i, n in enumerate(names)}, {n: masks[i] for i, n in enumerate(names)},
                         label_map, names)
         t4 = time.perf_counter()
         result.timings = {"preprocess": t1 - t0, "backbone": t2 - t1, "decode": t3 - t2, "postprocess": t4 - t3,

@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import BadImageError, SCCANError
+from .errors import BadImageError, MissingFileError, SCCANError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -28,12 +28,17 @@ class SourceError(SCCANError):
 
 @dataclass
 class Source:
-    """A sequence of BGR frames with names; ``stream`` is True for video and cameras."""
+    """A sequence of BGR frames with names; ``stream`` is True for video and cameras.
+
+    A folder's unreadable files are skipped while iterating and listed in ``skipped`` (path,
+    reason), so one bad file does not end a run.
+    """
 
     frames: Iterator[tuple[str, np.ndarray]]
     stream: bool
     fps: float
     count: int | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def has_gstreamer() -> bool:
@@ -47,19 +52,25 @@ def csi_pipeline(sensor: int, width: int = 1280, height: int = 720, fps: int = 3
             "video/x-raw, format=BGR ! appsink drop=1")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """A BGR uint8 image from a file, or :class:`BadImageError` naming the path."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def _read(path: str | Path, flags: int, what: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
+    image = cv2.imread(str(path), flags)
     if image is None:
-        raise BadImageError(f"cannot read image {path}")
+        raise BadImageError(f"cannot read {what} {path}: not an image OpenCV can decode "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))}), or damaged")
     return image
 
 
+def read_image(path: str | Path) -> np.ndarray:
+    """A BGR uint8 image from a file, or :class:`MissingFileError` / :class:`BadImageError` naming it."""
+    return _read(path, cv2.IMREAD_COLOR, "image")
+
+
 def read_mask(path: str | Path) -> np.ndarray:
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise BadImageError(f"cannot read mask {path}")
-    return mask
+    """An H x W mask from a file (any non-zero pixel is the object), or an error naming it."""
+    return _read(path, cv2.IMREAD_GRAYSCALE, "mask")
 
 
 def _capture(cap: cv2.VideoCapture, what: str, count: int | None) -> Source:
@@ -101,7 +112,17 @@ def open_source(uri: str, width: int = 1280, height: int = 720, fps: int = 30) -
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise SourceError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return Source(((p.stem, read_image(p)) for p in files), False, 0.0, len(files))
+        source = Source(iter(()), False, 0.0, len(files))
+
+        def folder() -> Iterator[tuple[str, np.ndarray]]:
+            for p in files:
+                try:
+                    yield p.stem, read_image(p)
+                except SCCANError as exc:
+                    source.skipped.append((str(p), str(exc)))
+
+        source.frames = folder()
+        return source
     if not path.exists():
         raise SourceError(f"input {uri} does not exist (give an image, a folder, a video file, csi://N, "
                           "v4l2:///dev/videoN or rtsp://...)")

@@ -78,6 +78,66 @@ def test_parity_gate_fails_on_a_different_model(resnet_bundle):
     assert not report.ok and "FP32 logits differ" in report.failures[0]
 
 
+def test_parity_gate_fails_on_planted_index_differences(resnet_bundle, monkeypatch):
+    """The reference's alignment index moved to another window (its aligned tokens unchanged, so the
+    logits still agree): only the index check can see it, and it must."""
+    from sccan.train.model.transformer import PatchAlignment
+
+    model, result = resnet_bundle
+    original = PatchAlignment.forward
+
+    def shifted(self, *args):
+        aligned, index = original(self, *args)
+        return aligned, (index + 1) % args[1].shape[1]
+
+    monkeypatch.setattr(PatchAlignment, "forward", shifted)
+    paths = {g: result.bundle / graph_file(g, "fp32") for g in GRAPHS}
+    report = run_parity_gate(model, paths, SIZE, SHOTS, episodes=1)
+    assert report.max_relative_logit_diff < 1e-4  # only the indices were planted
+    assert report.failures == [f"{report.index_mismatches} of {report.indices_checked} decisive patch-alignment "
+                               "indices differ from PyTorch"]
+    assert report.index_mismatches == report.indices_checked > 0
+
+
+def _fp16_paths_with(result, tmp_path, edit, which=(2,)):
+    """The bundle's FP16 graphs, the decoder's last convolution's bias (input 2) and/or weight
+    (input 1), as ``which`` says, edited by ``edit``."""
+    from onnx import numpy_helper
+
+    paths = {}
+    for g in GRAPHS:
+        m = onnx.load(str(result.bundle / graph_file(g, "fp16")))
+        if g == "query_decoder":
+            last_conv = [n for n in m.graph.node if n.op_type == "Conv"][-1]
+            for w in which:
+                init = next(i for i in m.graph.initializer if i.name == last_conv.input[w])
+                init.CopyFrom(numpy_helper.from_array(edit(numpy_helper.to_array(init).copy()), init.name))
+        paths[g] = tmp_path / graph_file(g, "fp16")
+        onnx.save_model(m, str(paths[g]))
+    return paths
+
+
+def test_parity_gate_fails_on_planted_fp16_differences(resnet_bundle, tmp_path):
+    model, result = resnet_bundle
+    paths32 = {g: result.bundle / graph_file(g, "fp32") for g in GRAPHS}
+
+    def push_background(bias):
+        bias[1] -= 8.0  # every foreground logit down by 8: probabilities near 0, every mask pixel flips
+        return bias
+
+    report = run_parity_gate(model, paths32, SIZE, SHOTS, 1, _fp16_paths_with(result, tmp_path, push_background))
+    assert any(f.startswith("FP16 foreground probabilities differ by") and "(limit 0.02)" in f for f in report.failures)
+    assert any(f.startswith("FP16 masks agree on") and "(limit 99.5%)" in f for f in report.failures)
+
+    def overflow(values):
+        values[:] = 65504.0  # the largest FP16 value in every weight and bias: their sum overflows to inf
+        return values
+
+    report = run_parity_gate(model, paths32, SIZE, SHOTS, 1,
+                             _fp16_paths_with(result, tmp_path, overflow, which=(1, 2)))
+    assert any(f.startswith("FP16 query_decoder stores inf/NaN in") for f in report.failures), report.failures
+
+
 def test_fp16_plan_keeps_islands_and_stores_no_overflow(resnet_bundle):
     _, result = resnet_bundle
     m = load_bundle(result.bundle).manifest
@@ -208,7 +268,7 @@ def test_export_cli(resnet_bundle, tmp_path):
     assert "Parity gate: PASSED" in out.stdout and "verified" in out.stdout
     out = subprocess.run(["sccan", "export", str(tmp_path / "none.pt"), "-o", str(tmp_path / "b")],
                          capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1 and "does not exist" in out.stderr
+    assert out.returncode == 2 and "does not exist" in out.stderr
 
 
 def test_sessions_run_each_class_count(resnet_bundle):

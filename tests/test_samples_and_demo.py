@@ -107,10 +107,10 @@ def test_sccan_segment_cli_on_images_folder_and_video(bundle, trained_synthetic,
     assert "5 frame(s)" in out.stdout and (tmp_path / "vid" / "segmented.mp4").stat().st_size > 0
     out = subprocess.run(base + ["--input", "csi://0", "--output", str(tmp_path / "cam")],
                          capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1 and "GStreamer" in out.stderr
+    assert out.returncode == 2 and "GStreamer" in out.stderr
     out = subprocess.run(base + ["--input", str(frames), "--output", str(tmp_path / "g"), "--cuda-graph"],
                          capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1 and "--cuda-graph needs --backend tensorrt" in out.stderr
+    assert out.returncode == 2 and "--cuda-graph needs --backend tensorrt" in out.stderr
 
 
 def test_demo_runs_on_the_trained_model(trained_synthetic, tmp_path):

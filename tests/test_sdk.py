@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from conftest import SMALL, randomize_bn, scene
 from sccan.export.exporter import export_bundle
 from sccan.sdk import (BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError, EmptyMaskError,
                        SCCANError, Segmenter, UnknownClassError)
-from sccan.sdk.preprocess import logits_to_original, normalize, resize_image, resize_label
+from sccan.sdk.preprocess import normalize, resize_image, resize_label
 from sccan.train.model import build_model
 
 SIZE, SHOTS = 65, 3
@@ -41,9 +42,10 @@ def reference_probability(model, query_bgr, support_bgr, masks):
         logits = model(torch.from_numpy(normalize(q, model.mean, model.std))[None],
                        torch.from_numpy(np.stack([normalize(x, model.mean, model.std) for x in s]))[None],
                        torch.from_numpy(np.stack(m))[None]).numpy()
-    full = logits_to_original(logits, place)[0]
-    e = np.exp(full - full.max(0))
-    return e[1] / e.sum(0)
+    side = max(query_bgr.shape[:2])
+    full = torch.nn.functional.interpolate(torch.from_numpy(logits), size=(side, side), mode="bilinear",
+                                           align_corners=True)[0, :, :query_bgr.shape[0], :query_bgr.shape[1]]
+    return torch.softmax(full, 0)[1].numpy()
 
 
 def test_probabilities_match_pytorch(exported, seg):
@@ -199,3 +201,177 @@ def test_replacing_a_class_replaces_its_cached_features(exported, seg):
     got = seg.segment(query).probabilities["thing"]
     np.testing.assert_array_equal(got, alone(second))
     assert not np.allclose(got, alone(first))  # the two examples do give different answers
+
+
+# -- every bad input: an SCCANError subclass that says what was expected, and nothing changed ------
+
+def _support_file(seg, tmp_path, edit=None):
+    """A support file of class "x" from ``seg``; ``edit(meta, arrays)`` may alter it."""
+    import json
+
+    img, mask = scene(9)
+    seg.add_class("x", [img], [mask])
+    path = seg.save_support(tmp_path / "good.npz")
+    seg.remove_class("x")
+    if edit is None:
+        return path
+    arrays = dict(np.load(path, allow_pickle=False))
+    meta = json.loads(arrays.pop("__meta__").tobytes())
+    meta = edit(meta, arrays)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "edited.npz", **arrays)
+    return tmp_path / "edited.npz"
+
+
+def _drop_class_arrays(meta, arrays):
+    for key in [k for k in arrays if k.startswith("x/")]:
+        arrays["y/" + key[2:]] = arrays.pop(key)
+    meta["classes"] = ["y", "x"]  # "y" is complete, "x" has no arrays: nothing may be added
+    meta["shots"] = {"x": 1, "y": 1}
+    from sccan.sdk.segmenter import _checksum
+
+    meta["checksum"] = _checksum(arrays)
+    return meta
+
+
+BAD_SUPPORT_FILES = {
+    "missing file": (lambda seg, tmp: tmp / "missing.npz", "MissingFileError", "does not exist"),
+    "a directory": (lambda seg, tmp: tmp, "MissingFileError", "is a directory"),
+    "a text file": (lambda seg, tmp: (tmp / "t.npz").write_text("hello") and tmp / "t.npz", "CorruptCacheError",
+                    "not an SCCAN support file"),
+    "a PNG file": (lambda seg, tmp: (tmp / "p.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64)) and tmp / "p.png",
+                   "CorruptCacheError", "not an SCCAN support file"),
+    "metadata without shots": (lambda seg, tmp: _support_file(seg, tmp, lambda m, a: {k: v for k, v in m.items()
+                                                                                       if k != "shots"}),
+                               "CorruptCacheError", "'shots'"),
+    "metadata as a list": (lambda seg, tmp: _support_file(seg, tmp, lambda m, a: [m]), "CorruptCacheError",
+                           "no valid metadata"),
+    "a class without arrays": (lambda seg, tmp: _support_file(seg, tmp, _drop_class_arrays), "CorruptCacheError",
+                               "'x' is listed but its arrays are incomplete"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SUPPORT_FILES))
+def test_bad_support_files_change_nothing(seg, tmp_path, case):
+    import sccan.sdk.errors as errors
+
+    make, error, text = BAD_SUPPORT_FILES[case]
+    path = make(seg, tmp_path)
+    seg.add_class("kept", [scene(12)[0]], [scene(12)[1]])
+    with pytest.raises(getattr(errors, error), match=text) as info:
+        seg.load_support(path)
+    assert "allow_pickle" not in str(info.value)
+    assert seg.classes == ["kept"]  # nothing half-added
+    if error == "MissingFileError":
+        assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, SCCANError)
+
+
+def _tiny_object():
+    mask = np.zeros((4000, 4000), np.uint8)
+    mask[2000, 2000] = 1
+    return np.zeros((4000, 4000, 3), np.uint8), mask
+
+
+BAD_CALLS = {
+    "empty class name": (lambda seg, img, mask: seg.add_class("", [img], [mask]), "BadArgumentError", "class name"),
+    "class name 123": (lambda seg, img, mask: seg.add_class(123, [img], [mask]), "BadArgumentError", "got 123"),
+    "threshold 2.0": (lambda seg, img, mask: seg.segment(img, threshold=2.0), "BadArgumentError", r"\[0, 1\]"),
+    "threshold NaN": (lambda seg, img, mask: seg.segment(img, threshold=float("nan")), "BadArgumentError", "nan"),
+    "colour order xyz on grayscale": (lambda seg, img, mask: seg.segment(img[..., 0], color="xyz"),
+                                      "BadArgumentError", "'xyz'"),
+    "colour order xyz on add_class": (lambda seg, img, mask: seg.add_class("c", [img], [mask], color="xyz"),
+                                      "BadArgumentError", "'bgr'"),
+    "uint16 image": (lambda seg, img, mask: seg.segment(img.astype(np.uint16) * 257), "BadImageError", "/ 257"),
+    "1-pixel object in 4000 x 4000": (lambda seg, img, mask: seg.add_class("t", *map(lambda a: [a], _tiny_object())),
+                                      "EmptyMaskError", "crop the image around the object"),
+    "save_support to a directory": (lambda seg, img, mask: seg.save_support(Path(__file__).parent),
+                                    "BadArgumentError", "is a directory"),
+    "mask of another size": (lambda seg, img, mask: seg.add_class("m", [img], [mask[:10]]), "BadMaskError",
+                             "but its image"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_bad_calls_raise_our_errors_and_change_nothing(seg, case):
+    import sccan.sdk.errors as errors
+
+    img, mask = scene(13)
+    seg.add_class("kept", [img], [mask])
+    before = seg.segment(img).probabilities["kept"]
+    call, error, text = BAD_CALLS[case]
+    with pytest.raises(getattr(errors, error), match=text) as info:
+        call(seg, img, mask)
+    assert isinstance(info.value, SCCANError)
+    assert seg.classes == ["kept"]
+    np.testing.assert_array_equal(seg.segment(img).probabilities["kept"], before)
+
+
+def test_bad_constructor_arguments(exported):
+    from sccan.sdk import BadArgumentError
+
+    for kwargs, text in (({"backend": "cuda"}, "'cuda'"), ({"precision": "int3"}, "'int3'"),
+                         ({"cuda_graph": True, "backend": "onnxruntime"}, "TensorRT")):
+        with pytest.raises(BadArgumentError, match=text):
+            Segmenter(exported[1], **kwargs)
+
+
+def test_float_images_in_0_to_1_get_a_warning(seg):
+    img, mask = scene(14)
+    seg.add_class("w", [img], [mask])
+    with pytest.warns(UserWarning, match="multiply by 255"):
+        seg.segment(img.astype(np.float32) / 255.0)
+
+
+MANIFEST_EDITS = {
+    "input_size edited": lambda m: m.update(input_size=m["input_size"] + 8),
+    "normalisation edited": lambda m: m["normalization"].update(mean=[0.0, 0.0, 0.0]),
+    "a key deleted": lambda m: m.pop("max_classes"),
+    "graph dropped from files": lambda m: m["files"].pop("query_decoder.onnx"),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_EDITS))
+def test_edited_manifests_are_refused(exported, tmp_path, case):
+    import json
+    import shutil
+
+    from sccan.sdk import BundleError
+
+    copy = tmp_path / "b"
+    shutil.copytree(exported[1], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    MANIFEST_EDITS[case](manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    if case == "graph dropped from files":
+        (copy / "query_decoder.onnx").write_bytes(b"corrupted")
+    with pytest.raises(BundleError, match="edited after it was written"):
+        Segmenter(copy)
+    # Even a manifest re-stamped with a valid hash must still make sense.
+    if case in ("a key deleted", "graph dropped from files"):
+        from sccan.sdk.bundle import write_manifest
+
+        write_manifest(copy, manifest)
+        with pytest.raises(BundleError, match="max_classes|has no hash"):
+            Segmenter(copy)
+
+
+def test_bundles_are_readable_by_other_users(exported):
+    import stat
+
+    mask = __import__("os").umask(0)
+    __import__("os").umask(mask)
+    assert stat.S_IMODE(exported[1].stat().st_mode) == 0o777 & ~mask
+    for f in exported[1].iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f.name
+
+
+def test_a_class_decoded_in_the_second_chunk_equals_a_single_class_run(exported, seg):
+    """max_classes is 2: with three classes, "c" is decoded in a second decoder run."""
+    shots = {n: scene(30 + i) for i, n in enumerate("abc")}
+    for n, (img, mask) in shots.items():
+        seg.add_class(n, [img], [mask])
+    query = scene(33, 70, 52)[0]
+    together = seg.segment(query)
+    alone = Segmenter(exported[1])
+    alone.add_class("c", [shots["c"][0]], [shots["c"][1]])
+    np.testing.assert_allclose(together.probabilities["c"], alone.segment(query).probabilities["c"], atol=1e-6)

@@ -22,7 +22,7 @@ from conftest import SMALL, randomize_bn, scene
 from fake_tensorrt import FakeCudaRuntime, FakeTensorRT
 from sccan.export.exporter import export_bundle
 from sccan.sdk import BundleMismatchError, Segmenter
-from sccan.sdk.bundle import GRAPHS, MANIFEST, graph_file, sha256_file
+from sccan.sdk.bundle import GRAPHS, MANIFEST, graph_file, sha256_file, write_manifest
 from sccan.train.model import build_model
 
 SIZE = 65
@@ -42,7 +42,7 @@ def engine_bundle(tmp_path_factory):
         shutil.copy(path / graph_file(graph, "fp32"), path / name)
         manifest["engines"]["fp32"][graph] = {"file": name, "tensorrt": "10.3.0", "compute_capability": "8.7"}
         manifest["files"][name] = sha256_file(path / name)
-    (path / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(path, manifest)
     return path
 
 
@@ -157,7 +157,7 @@ def test_preflight_refuses_engines_of_another_system(fake, engine_bundle, tmp_pa
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["engines"]["fp32"]["backbone"]["tensorrt"] = "10.7.0"
     manifest["engines"]["fp32"]["query_decoder"]["compute_capability"] = "9.0"
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(copy, manifest)
     with pytest.raises(BundleMismatchError) as info:
         Segmenter(load_bundle(copy, verify=False), backend="tensorrt", precision="fp32")
     message = str(info.value)

@@ -141,7 +141,7 @@ def test_train_and_eval_cli(tmp_path):
     assert "mIoU" in out.stdout and (tmp_path / "eval" / "episodes.png").stat().st_size > 1000
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["episodes"] == 3
     out = subprocess.run(["sccan", "train", "--config", str(tmp_path / "none.yaml")], capture_output=True, text=True)
-    assert out.returncode == 1 and "does not exist" in out.stderr
+    assert out.returncode == 2 and "does not exist" in out.stderr
 
 
 def test_shipped_configs_load_and_build():
@@ -160,3 +160,33 @@ def test_shipped_configs_load_and_build():
         assert config["data"]["dataset"] in ("synthetic", "pascal", "coco", "folder"), f
     paper = load_config("paper/coco_fold3_resnet50_5shot")
     assert paper["data"]["fold"] == 3 and paper["data"]["shots"] == 5 and paper["eval"]["episodes"] == 4000
+
+
+def test_sigterm_checkpoints_and_the_run_resumes_to_the_same_weights(tmp_path):
+    """A real SIGTERM to `sccan train`: it finishes the step, writes last.pt, exits with one line;
+    resuming from that file reaches the weights of an uninterrupted run."""
+    import signal
+    import time
+
+    cfg = {**TINY, "train": {**TINY["train"], "epochs": 6}}
+    full = train(load_config(None, {**cfg, "output": str(tmp_path / "full")}), progress=False)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**cfg, "output": str(tmp_path / "run")}))
+    proc = subprocess.Popen(["sccan", "train", "--config", str(config), "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and sum('"loss"' in line for line in log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before the signal could be sent"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr[-2000:]
+    assert "Traceback" not in stderr and "stopped by signal 15" in stderr and len(stderr.strip().splitlines()) == 1
+    stopped = [json.loads(line)["step"] for line in log.read_text().splitlines() if "loss" in line][-1]
+    assert stopped < full.steps
+    resumed = train(load_config(config), resume=tmp_path / "run" / "last.pt", progress=False)
+    assert resumed.steps == full.steps
+    assert weights_digest(load_model(resumed.output / "last.pt")) == weights_digest(load_model(full.output / "last.pt"))

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from sccan.sdk.bundle import readable_by_others
 from sccan.sdk.errors import CheckpointError
 
 from .model import EDGE_DEFAULTS, SCCAN, SCCANConfig, build_model
@@ -166,6 +167,7 @@ def save_checkpoint(model: SCCAN, path: str | os.PathLike, **extra: Any) -> Path
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        readable_by_others(tmp)  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

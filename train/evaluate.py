@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sccan.sdk.preprocess import IGNORE_LABEL, logits_to_original, normalize, resize_image, resize_label
+from sccan.sdk.preprocess import IGNORE_LABEL, foreground_logit, normalize, resize_image, resize_label, resize_to_frame
 from sccan.train.data.episodes import Episode
 from sccan.train.model import SCCAN
 from sccan.train.model.ops import resize
@@ -76,7 +76,7 @@ def model_predictor(model: SCCAN, size: int, device: str = "cpu") -> Predictor:
         q, s, m, place = episode_tensors(model, episode, size)
         with torch.no_grad():
             logits = model(q.to(device), s.to(device), m.to(device)).float().cpu().numpy()
-        return logits_to_original(logits, place)[0].argmax(0)
+        return (resize_to_frame(foreground_logit(logits), place)[0] > 0).astype(np.int64)  # channel argmax
 
     return predict
 
@@ -119,8 +119,7 @@ def prior_predictor(model: SCCAN, size: int, threshold: float = 0.5, device: str
             _, q_high = model.extract(q.to(device))
             prior = model.prior(q_high, features["prior_keys"], features["prior_mask"], features["shot_valid"])
             p = resize(prior, size).float().cpu().numpy()
-        two = np.concatenate([1 - p, p], axis=1)
-        return (logits_to_original(two, place)[0][1] > threshold).astype(np.int64)
+        return (resize_to_frame(p[:, 0], place)[0] > threshold).astype(np.int64)
 
     return predict
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from sccan.sdk.bundle import MANIFEST
+from sccan.sdk.bundle import MANIFEST, write_manifest
 from sccan.sdk.info import cuda_devices
 
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (it cannot be on the CI machines)")
@@ -47,7 +47,7 @@ def test_preflight_names_both_sides_of_a_mismatch(bundle, tmp_path):
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["engines"] = {"fp16": {g: {"file": f"{g}.engine", "tensorrt": "0.0.0", "compute_capability": "1.0"}
                                     for g in ("backbone", "support_encoder", "query_decoder")}}
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(copy, manifest)
     problems = preflight(load_bundle(copy, verify=False), "fp16", 0)
     assert any("TensorRT 0.0.0" in p and trt.__version__ in p for p in problems)
     assert any("compute capability 1.0" in p for p in problems)
@@ -88,7 +88,7 @@ def _build_engines(bundle_path, precision: str) -> None:
         manifest["engines"][precision][graph] = {"file": name, "tensorrt": trt.__version__,
                                                  "compute_capability": cuda_devices()[0][0]["compute_capability"]}
         manifest["files"][name] = sha256_file(bundle_path / name)
-    (bundle_path / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(bundle_path, manifest)
 
 
 def _scene(seed: int):
