@@ -20,11 +20,16 @@ from .segmenter import Segmenter, check_threshold
 from .sources import open_source, read_image, read_mask
 
 
-def _supports(args: argparse.Namespace) -> tuple[list, list]:
+def _check_support_args(args: argparse.Namespace) -> None:
     if args.support and not args.class_name:
         raise BadArgumentError("--support needs --class NAME: the name of the object the examples show")
     if args.class_name and not args.support:
         raise BadArgumentError(f"--class {args.class_name} needs at least one --support IMAGE:MASK example")
+    if not args.support and not args.load_support:
+        raise BadArgumentError("nothing to segment: give --class NAME --support IMAGE:MASK, or --load-support FILE")
+
+
+def _supports(args: argparse.Namespace) -> tuple[list, list]:
     images, masks = [], []
     for pair in args.support or []:
         if ":" not in pair:
@@ -39,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     threshold = check_threshold(args.threshold)
     if args.cuda_graph and args.backend != "tensorrt":
         raise BadArgumentError("--cuda-graph needs --backend tensorrt")
-    if not args.support and not args.load_support:
-        raise BadArgumentError("nothing to segment: give --class NAME --support IMAGE:MASK, or --load-support FILE")
+    _check_support_args(args)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise BadArgumentError(f"--output {out} is a file; give a directory")

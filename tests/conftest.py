@@ -44,6 +44,20 @@ def small_model():
     return randomize_bn(build_model("resnet50", **SMALL))
 
 
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory):
+    """(model, bundle path): the small random ResNet-50 SCCAN exported at 65 px, 3 shots, 2 classes
+    per decoder run. Shared by the SDK and CLI tests (one export per run)."""
+    from sccan.export.exporter import export_bundle
+    from sccan.train.model import build_model
+
+    torch.manual_seed(0)
+    model = randomize_bn(build_model("resnet50", **SMALL))
+    bundle = export_bundle(model, tmp_path_factory.mktemp("sdk") / "bundle", size=65, max_shots=3,
+                           max_classes=2, check_episodes=1, progress=False).bundle
+    return model, bundle
+
+
 def scene(seed: int, h: int = 50, w: int = 70):
     """A random BGR uint8 image and a 0/255 mask with one rectangle (what an SDK user passes)."""
     import numpy as np

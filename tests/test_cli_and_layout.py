@@ -76,3 +76,108 @@ def test_readme_commands_and_ci_agree():
     assert "pytest" in test_command
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci, ".ci/run must run the README's test command exactly"
+
+
+# -- user errors through `sccan` itself: exit code 2, one line, no traceback, nothing created -------
+
+def _sccan(*args, cwd=None):
+    return subprocess.run(["sccan", *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _cli_cases(bundle, tmp):
+    import cv2
+    import numpy as np
+
+    from conftest import scene
+
+    image, mask = scene(3)
+    cv2.imwrite(str(tmp / "ex.png"), image)
+    cv2.imwrite(str(tmp / "ex_mask.png"), mask)
+    (tmp / "bad.yaml").write_text("train: [1, 2\n  lr: :\n")
+    (tmp / "adir").mkdir()
+    support = ["--bundle", bundle, "--class", "obj", "--support", f"{tmp / 'ex.png'}:{tmp / 'ex_mask.png'}",
+               "--input", tmp / "ex.png"]
+    del np
+    return {
+        "missing support file": (["segment", "--bundle", bundle, "--load-support", tmp / "missing.npz", "--input",
+                                  tmp / "ex.png", "--output", tmp / "out1"], "does not exist", tmp / "out1"),
+        "save support to a directory": (["segment", *support, "--save-support", tmp / "adir", "--output", tmp / "out2"],
+                                        "is a directory", tmp / "out2"),
+        "class without support": (["segment", "--bundle", bundle, "--class", "obj", "--input", tmp / "ex.png",
+                                   "--output", tmp / "out3"], "--class obj needs at least one --support", tmp / "out3"),
+        "threshold 2": (["segment", *support, "--threshold", "2", "--output", tmp / "out4"], "[0, 1]", tmp / "out4"),
+        "missing bundle": (["segment", "--bundle", tmp / "nobundle", "--class", "obj", "--support",
+                            f"{tmp / 'ex.png'}:{tmp / 'ex_mask.png'}", "--input", tmp / "ex.png", "--output",
+                            tmp / "out5"], "does not exist", tmp / "out5"),
+        "unreadable support image": (["segment", "--bundle", bundle, "--class", "obj", "--support",
+                                      f"{tmp / 'bad.yaml'}:{tmp / 'ex_mask.png'}", "--input", tmp / "ex.png",
+                                      "--output", tmp / "out6"], "cannot read image", tmp / "out6"),
+        "malformed YAML for train": (["train", "--config", tmp / "bad.yaml", "--output", tmp / "out7"],
+                                     "is not valid YAML", tmp / "out7"),
+        "demo with --grid -1": (["demo", "--grid", "-1", "--workdir", tmp / "out8"], "--grid", tmp / "out8"),
+    }
+
+
+def test_cli_user_errors_are_one_line_and_create_nothing(small_export, tmp_path):
+    for case, (args, text, output) in _cli_cases(small_export[1], tmp_path).items():
+        out = _sccan(*args)
+        assert out.returncode == 2, (case, out.stderr[-2000:])
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in out.stderr, (case, out.stderr[-2000:])
+        assert lines[0].startswith("sccan ") and text in lines[0], (case, lines[0])
+        assert not output.exists(), f"{case}: {output} was created"
+
+
+def test_cli_folder_run_skips_unreadable_files_and_writes_a_colour_label_map(small_export, tmp_path):
+    import cv2
+
+    from conftest import scene
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"f{i}.png"), scene(40 + i)[0])
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    image, mask = scene(3)
+    cv2.imwrite(str(tmp_path / "ex.png"), image)
+    cv2.imwrite(str(tmp_path / "ex_mask.png"), mask)
+    out = _sccan("segment", "--bundle", small_export[1], "--class", "obj", "--support",
+                 f"{tmp_path / 'ex.png'}:{tmp_path / 'ex_mask.png'}", "--input", folder, "--output", tmp_path / "out",
+                 "--threshold", "0.3")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "skipped" in out.stdout and "broken.jpg" in out.stdout and "1 unreadable file(s) skipped" in out.stdout
+    assert "WARN" not in out.stderr and "loadsave" not in out.stderr
+    for i in range(2):
+        labels = cv2.imread(str(tmp_path / "out" / f"f{i}_labels.png"), cv2.IMREAD_UNCHANGED)
+        colour = cv2.imread(str(tmp_path / "out" / f"f{i}_labels_color.png"))
+        assert labels.shape == colour.shape[:2] and set(labels.ravel().tolist()) <= {0, 1}
+        assert ((labels == 1) == (colour.sum(axis=2) > 0)).all()
+
+
+def test_every_option_has_help():
+    from sccan.sdk.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    missing = [f"{name} {a.option_strings}" for name, p in sub.choices.items() for a in p._actions
+               if a.option_strings and a.help in (None, "") and "-h" not in a.option_strings]
+    assert not missing, missing
+
+
+def test_bench_runs_and_writes_its_report(small_export, tmp_path):
+    """`sccan bench` at a tiny size: it works and writes its files (no timing is asserted)."""
+    out = _sccan("bench", "--bundle", small_export[1], "--shots", "1,2", "--classes", "1,3", "--frame", "64x48,97x41",
+                 "--frames", "2", "--warmup", "1", "--soak", "12", "--output", tmp_path / "bench", "--quiet")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert len(report["cases"]) == 8 and report["matmul_gflops"] > 0 and report["peak_rss_mb"] > 0
+    case = report["cases"][0]
+    assert set(case["stages"]) == {"preprocess", "backbone", "decode", "postprocess", "total"}
+    assert {"median_ms", "p90_ms", "p99_ms"} <= set(case["stages"]["total"]) and case["fps"] > 0
+    assert case["baseline"] is not None and case["ratio_to_baseline"] > 0 and "PyTorch" in report["baseline_note"]
+    assert report["soak"]["frames"] == 12 and report["soak"]["class_changes"] >= 1
+    for chart in ("latency_vs_shots", "latency_vs_classes", "latency_vs_frame"):
+        assert (tmp_path / "bench" / f"{chart}.png").stat().st_size > 1000
+    assert "ceiling: FP32 matmul" in out.stdout
+    bad = _sccan("bench", "--bundle", small_export[1], "--shots", "9")
+    assert bad.returncode == 2 and "exceeds the bundle's maximum" in bad.stderr

@@ -9,23 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL, randomize_bn, scene
-from sccan.export.exporter import export_bundle
+from conftest import scene
 from sccan.sdk import (BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError, EmptyMaskError,
                        SCCANError, Segmenter, UnknownClassError)
 from sccan.sdk.preprocess import normalize, resize_image, resize_label
-from sccan.train.model import build_model
 
 SIZE, SHOTS = 65, 3
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    model = randomize_bn(build_model("resnet50", **SMALL))
-    bundle = export_bundle(model, tmp_path_factory.mktemp("sdk") / "bundle", size=SIZE, max_shots=SHOTS,
-                           max_classes=2, check_episodes=1, progress=False).bundle
-    return model, bundle
+def exported(small_export):
+    return small_export
 
 
 @pytest.fixture
