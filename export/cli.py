@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError("give CHECKPOINT and -o BUNDLE (or --check BUNDLE)")
     result = export_bundle(args.checkpoint, args.output, size=args.size, max_shots=args.max_shots,
                            max_classes=args.max_classes, check_episodes=args.check_episodes,
-                           fp16=not args.no_fp16, force=args.force)
+                           fp16=not args.no_fp16, force=args.force, patch_align=args.patch_align)
     print(result.report_text, end="")
     print(f"bundle written to {result.bundle}")
     return 0
@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-classes", type=int, default=8, help="most classes per decode (default 8)")
     p.add_argument("--check-episodes", type=int, default=2, help="parity-gate episodes (default 2)")
     p.add_argument("--no-fp16", action="store_true", help="skip the FP16 graphs")
+    p.add_argument("--patch-align", default="standard-ops", choices=("standard-ops", "plugin"),
+                   help="patch alignment as standard ONNX ops (default) or as one SccanPatchAlign node per block "
+                        "(TensorRT: libsccan_trt_plugin.so; ONNX Runtime: onnxruntime-extensions)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--check", metavar="BUNDLE", help="verify an existing bundle instead of exporting")
     p.set_defaults(func=run)

@@ -28,6 +28,9 @@ from tqdm import tqdm
 from sccan.sdk.bundle import (FORMAT, FORMAT_VERSION, GRAPHS, graph_file, load_bundle, readable_by_others,
                               sha256_file, write_json_atomic, write_manifest)
 from sccan.sdk.errors import SCCANError
+from sccan.sdk.patch_align_op import DOMAIN as PLUGIN_DOMAIN
+from sccan.sdk.patch_align_op import OP_TYPE as PLUGIN_OP
+from sccan.sdk.patch_align_op import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from sccan.train.checkpoint import load_model
 from sccan.train.model import SCCAN
 
@@ -168,8 +171,11 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
     precisions = ("fp32", "fp16") if fp16 else ("fp32",)
     steps = tqdm(total=len(specs) * len(precisions) + 2, desc="export", unit="step", disable=not progress)
     for spec in specs:
-        raw = export_graph(spec, work / graph_file(spec.name, "fp32"), limits)
+        raw = export_graph(spec, work / graph_file(spec.name, "fp32"), limits, patch_align)
         islands = fp32_island_nodes(raw, tuple(f"backbone.{s}" for s in folded.backbone.fp32_scopes()))
+        # Plugin nodes stay FP32 in the FP16 graphs (ONNX Runtime's op is float32; TensorRT's plugin
+        # takes either, and its arithmetic is float32 anyway).
+        islands += [n.name for n in raw.graph.node if n.domain == PLUGIN_DOMAIN]
         summary = island_summary(raw, islands)
         clean = _sanitize(raw)
         kept = {n.name for n in clean.graph.node}
@@ -212,6 +218,10 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
         "input_size": size, "max_shots": max_shots, "max_classes": max_classes,
         "normalization": {"color": "rgb", "scale": "0..255", "mean": list(model.mean), "std": list(model.std)},
         "resize_rule": RESIZE_RULE, "opset": OPSET, "patch_align": patch_align,
+        "patch_align_plugin": ({"op": PLUGIN_OP, "domain": PLUGIN_DOMAIN, "plugin_namespace": PLUGIN_NAMESPACE,
+                                "plugin_version": PLUGIN_VERSION, "onnxruntime": "onnxruntime-extensions Python op "
+                                "(sccan.sdk.patch_align_op)", "tensorrt": "libsccan_trt_plugin.so (CMake)"}
+                               if patch_align == "plugin" else None),
         "support_layout": model.support_layout(max_shots).to_dict(),
         "precision_plan": {
             "fp32": "all FP32",

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
+
+from sccan.sdk.patch_align_op import ort_session
 
 #: Module classes whose nodes stay FP32 (matched on the class name's last component).
 FP32_ISLAND_CLASSES = ("L2Normalize", "CosineSimilarity", "PriorStretch", "LayerNorm")
@@ -133,8 +134,7 @@ class StorageSweep:
 
 def storage_sweep(model_fp16: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> StorageSweep:
     """Run the FP16 graph with every intermediate exposed; find any stored inf/NaN (overflow)."""
-    session = ort.InferenceSession(with_all_outputs(model_fp16).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort_session(with_all_outputs(model_fp16), providers=["CPUExecutionProvider"])
     outputs = session.run(None, feeds)
     sweep = StorageSweep()
     for meta, value in zip(session.get_outputs(), outputs):

@@ -13,6 +13,9 @@ The input size is fixed; the image batch, the shots and the class batch are dyna
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,7 @@ from sccan.train.model.ops import resize
 OPSET = 18
 #: The patch-alignment lowering. "standard-ops": reshape/mean windows, MatMul cosine, explicit
 #: first-index argmax, GatherElements. A TensorRT-plugin variant is a separate value of this switch.
-PATCH_ALIGN_MODES = ("standard-ops",)
+PATCH_ALIGN_MODES = ("standard-ops", "plugin")
 # The per-shot support tensors (SLOT_FIELDS) have a dynamic slot dimension in the decoder: the
 # prior costs ~60 GFLOPs per slot at 473, so a runtime passes only as many slots as the batch uses.
 
@@ -103,10 +106,13 @@ def graph_specs(model: SCCAN, size: int, max_shots: int) -> list[GraphSpec]:
     ]
 
 
-def export_graph(spec: GraphSpec, path: Path, max_dims: dict[str, int]) -> onnx.ModelProto:
+def export_graph(spec: GraphSpec, path: Path, max_dims: dict[str, int],
+                 patch_align: str = "standard-ops") -> onnx.ModelProto:
     """Export one graph to a self-contained ONNX file (weights inside) and return it.
 
-    ``max_dims`` bounds each dynamic dimension (shots, classes, images).
+    ``max_dims`` bounds each dynamic dimension (shots, classes, images). ``patch_align="plugin"``
+    exports each block's patch alignment as one ``SccanPatchAlign`` node (see
+    :mod:`sccan.export.plugin_op`).
     """
     dims = {n: torch.export.Dim(n, min=1, max=max_dims[n]) for n in {d for v in spec.dynamic.values() for d in v.values()}}
     shapes = []
@@ -115,12 +121,19 @@ def export_graph(spec: GraphSpec, path: Path, max_dims: dict[str, int]) -> onnx.
         shapes.append({axis: dims[d] for axis, d in axes.items()} if axes else None)
     n_fixed = 2 if spec.name == "query_decoder" else len(shapes)
     dynamic_shapes = tuple(shapes[:n_fixed]) + ((tuple(shapes[n_fixed:]),) if spec.name == "query_decoder" else ())
-    with torch.no_grad(), warnings.catch_warnings():
+    from .plugin_op import plugin_patch_alignment
+
+    # The exporter logs one warning per torchvision op it cannot register when torchvision is absent
+    # (it is not a dependency): noise for every graph of every export.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+    plugin = plugin_patch_alignment() if patch_align == "plugin" else contextlib.nullcontext({})
+    with torch.no_grad(), warnings.catch_warnings(), plugin as table:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(spec.module, spec.example, dynamo=True, opset_version=OPSET,
                                     input_names=spec.input_names, output_names=spec.output_names,
                                     dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
-                                    external_data=False)
+                                    external_data=False, custom_translation_table=table or None)
     model = program.model_proto
     for value in model.graph.input:
         for axis in spec.dynamic.get(value.name, {}):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
+from sccan.sdk.patch_align_op import ort_session
 from sccan.sdk.preprocess import foreground_probability
 from sccan.train.model import SCCAN
 from sccan.train.model.ops import resize
@@ -33,11 +33,7 @@ class GraphSessions:
     """The three graphs of one precision in ONNX Runtime (CPU), run stage by stage."""
 
     def __init__(self, paths: dict[str, Path], fp16: bool = False, threads: int | None = None):
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.sessions = {g: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                         for g, p in paths.items()}
+        self.sessions = {g: ort_session(p, threads, providers=["CPUExecutionProvider"]) for g, p in paths.items()}
         self.fp16 = fp16
         self.support_names = [o.name for o in self.sessions["support_encoder"].get_outputs()]
 

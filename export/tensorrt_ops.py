@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import onnx
 
+from sccan.sdk.patch_align_op import DOMAIN as PLUGIN_DOMAIN
+from sccan.sdk.patch_align_op import OP_TYPE as PLUGIN_OP
+
 #: Opset range the parser accepts, per TensorRT line.
 OPSETS = {"10.3": (9, 20), "11.x": (9, 24)}
 
@@ -121,6 +124,8 @@ def check_model(model: onnx.ModelProto, target: str = "10.3") -> list[Problem]:
     ranks = _ranks(model)
     for node in graph.node:
         op, name = node.op_type, node.name or "<unnamed>"
+        if node.domain == PLUGIN_DOMAIN and op == PLUGIN_OP:
+            continue  # this project's own plugin (libsccan_trt_plugin.so), found by the parser's plugin fallback
         if node.domain not in ("", "ai.onnx"):
             problems.append(Problem(name, op, f"custom domain '{node.domain}' needs a TensorRT plugin"))
             continue

@@ -24,6 +24,7 @@ import numpy as np
 
 from .bundle import GRAPHS, Bundle
 from .errors import BundleMismatchError
+from .patch_align_op import ort_session
 
 #: A backend-specific handle to a tensor held where the backend computes.
 Resident = Any
@@ -85,18 +86,14 @@ class OnnxRuntimeBackend:
             raise BundleMismatchError("FP16 graphs are for TensorRT and ONNX Runtime's CUDA provider; on a CPU "
                                       "use precision='fp32' (ONNX Runtime's CPU kernels compute FP16 graphs in "
                                       "FP32 with extra casts, slower and no more accurate)")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         provider_options = [{"device_id": device} if p == "CUDAExecutionProvider" else {} for p in providers]
         self.ort = ort
         self.precision = precision
         self.providers = providers
         self.device_type = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
         self.device_id = device if self.device_type == "cuda" else 0
-        self.sessions = {g: ort.InferenceSession(str(bundle.graph_path(g, precision)), options, providers=providers,
-                                                 provider_options=provider_options) for g in GRAPHS}
+        self.sessions = {g: ort_session(bundle.graph_path(g, precision), threads, providers=providers,
+                                        provider_options=provider_options) for g in GRAPHS}
         self._dtypes = {g: {i.name: np.float16 if i.type == "tensor(float16)" else np.float32
                             for i in s.get_inputs()} for g, s in self.sessions.items()}
         self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}

@@ -303,3 +303,47 @@ def test_fp16_plan_on_the_published_network_at_473(tmp_path):
     assert p["max_relative_logit_diff"] < 1e-4 and p["index_mismatches"] == 0 and p["indices_checked"] > 500
     assert p["fp16_max_probability_diff"] <= 0.02 and p["fp16_min_mask_agreement"] >= 0.995
     assert all(s["tensors"] > 100 and not s["nonfinite"] for s in p["fp16_storage"].values())
+
+
+def plugin_variant_agrees(model, default_bundle, tmp_path, size, shots):
+    """Export ``model`` with --patch-align plugin and compare both bundles' FP32 graphs through ONNX
+    Runtime on check episodes, and through the SDK: (max relative logit difference, index
+    differences, indices)."""
+    plugin = export_bundle(model, tmp_path / "plugin", size=size, max_shots=shots, max_classes=2, check_episodes=1,
+                           fp16=False, patch_align="plugin", progress=False)
+    assert plugin.manifest["patch_align"] == "plugin" and plugin.manifest["parity"]["ok"]
+    decoder = onnx.load(str(plugin.bundle / "query_decoder.onnx"))
+    nodes = [n for n in decoder.graph.node if n.domain == "sccan"]
+    assert len(nodes) == model.config.num_blocks and {n.op_type for n in nodes} == {"SccanPatchAlign"}
+    assert {a.name for a in nodes[0].attribute} == {"cosine_eps", "plugin_namespace", "plugin_version"}
+    assert not check_model(decoder, "10.3") and not check_model(decoder, "11.x")
+    sessions = [GraphSessions({g: b / graph_file(g, "fp32") for g in GRAPHS}) for b in (default_bundle, plugin.bundle)]
+    worst, differ, total = 0.0, 0, 0
+    for episode in check_episodes(2, size, shots, seed=3):
+        outs = []
+        for s in sessions:
+            per_class = [s.encode(s.extract(images), masks) for images, masks in episode.supports]
+            batched = {k: np.concatenate([c[k] for c in per_class]) for k in per_class[0]}
+            outs.append(s.decode(s.extract(episode.query), batched))
+        (a, ia), (b, ib) = outs
+        worst = max(worst, float(np.abs(a - b).max() / np.abs(a).max()))
+        differ += sum(int((x != y).sum()) for x, y in zip(ia, ib))
+        total += sum(x.size for x in ia)
+    from conftest import scene
+    from sccan.sdk import Segmenter
+
+    probabilities = []
+    for bundle in (default_bundle, plugin.bundle):
+        seg = Segmenter(bundle, backend="onnxruntime")
+        seg.add_class("x", [scene(5)[0]], [scene(5)[1]])
+        probabilities.append(seg.segment(scene(6, 61, 90)[0]).probabilities["x"])
+    np.testing.assert_allclose(probabilities[1], probabilities[0], atol=1e-6)
+    return worst, differ, total
+
+
+def test_plugin_variant_equals_the_default_bundle(resnet_bundle, tmp_path):
+    model, result = resnet_bundle
+    worst, differ, total = plugin_variant_agrees(model, result.bundle, tmp_path, SIZE, SHOTS)
+    print(f"plugin vs standard ops (small ResNet-50, {SIZE} px): logits {worst:.2e} relative, "
+          f"{differ} of {total} indices differ")
+    assert differ == 0 and worst <= 1e-5

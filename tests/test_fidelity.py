@@ -125,3 +125,13 @@ def test_camera_resolution_postprocessing_equals_the_reference_path(frame):
     expected = torch.softmax(full, dim=1)[:, 1].numpy()
     assert got.shape == (3, *frame) and got.dtype == np.float32
     assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_plugin_variant_of_the_trained_model_equals_the_default_bundle(demo, tmp_path):
+    from test_export import plugin_variant_agrees
+
+    model, seg, _, size = demo
+    worst, differ, total = plugin_variant_agrees(model, seg.bundle.path, tmp_path, size, 2)
+    print(f"plugin vs standard ops (trained synthetic Lite-0, {size} px): logits {worst:.2e} relative, "
+          f"{differ} of {total} indices differ")
+    assert differ == 0 and worst <= 1e-5
