@@ -56,9 +56,9 @@ MIN_OBJECT_PIXELS = 4
 
 
 def check_class_name(name: object) -> str:
-    """``name`` if it can name a class: a non-empty string without '/' (support files use it)."""
-    if not isinstance(name, str) or not name.strip() or "/" in name:
-        raise BadArgumentError(f"a class name must be a non-empty string without '/', got {name!r}")
+    """``name`` if it can name a class: a non-empty string (not only spaces)."""
+    if not isinstance(name, str) or not name.strip():
+        raise BadArgumentError(f"a class name must be a non-empty string, got {name!r}")
     return name
 
 
@@ -110,11 +110,15 @@ class Result:
             cv2.drawContours(out, contours, -1, (255, 255, 255), 3)
             cv2.drawContours(out, contours, -1, tint, 1)
             ys, xs = np.nonzero(mask)
-            (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+            scale = 0.5
+            (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            if tw > w - 6:  # a narrow frame: shrink the name to fit (down to a third)
+                scale = max(scale / 3, scale * (w - 6) / tw)
+                (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
             x = int(min(max(0, xs.min()), max(0, w - tw - 4)))
             y = int(min(max(th + 4, ys.min() - 4), max(th + 4, h - base - 2)))
             cv2.rectangle(out, (x, y - th - 3), (x + tw + 3, y + base), (0, 0, 0), -1)
-            cv2.putText(out, name, (x + 2, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, tint, 1, cv2.LINE_AA)
+            cv2.putText(out, name, (x + 2, y), cv2.FONT_HERSHEY_SIMPLEX, scale, tint, 1, cv2.LINE_AA)
         return out
 
     def label_colors(self) -> np.ndarray:

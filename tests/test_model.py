@@ -259,3 +259,16 @@ def test_resnet50_at_473_split_and_shapes():
     logits = model.decode_query(query, features)
     assert logits.shape == (1, 2, 473, 473) and torch.isfinite(logits).all()
     torch.testing.assert_close(model(query, support, masks), logits)
+
+
+def test_alignment_index_is_clamped_when_no_score_equals_the_maximum():
+    """A fused FP16 kernel's max may equal no element (here: NaN scores, which equal nothing): the
+    index must stay a valid window, never n (an out-of-bounds gather)."""
+    from sccan.train.model.transformer import PatchAlignment
+
+    q = torch.randn(2, 5, 4, 8)
+    tokens = torch.randn(2, 5, 4, 8)
+    has_fg = torch.full((2, 5), float("nan"))
+    aligned, index = PatchAlignment()(q, torch.randn(2, 5, 8), has_fg, tokens)
+    assert index.tolist() == [[4] * 5] * 2
+    assert torch.equal(aligned, tokens[:, [4] * 5])

@@ -100,7 +100,9 @@ class PatchAlignment(nn.Module):
         n = score.shape[1]
         positions = torch.arange(n, dtype=score.dtype, device=score.device).reshape(1, n, 1)
         index = torch.where(score == best, positions, torch.full_like(score, n)).amin(dim=1)
-        index = index.to(torch.int64)  # B x nWq
+        # If a fused FP16 kernel's max equals no element exactly, no position matches and the
+        # minimum is n: clamp, so the gather can never read past the last window.
+        index = index.clamp(max=n - 1).to(torch.int64)  # B x nWq
         b, nw, t, d = support_tokens.shape
         gather_index = index.reshape(b, -1, 1, 1).expand(b, index.shape[1], t, d)
         return torch.gather(support_tokens, 1, gather_index), index
