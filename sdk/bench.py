@@ -6,8 +6,8 @@ total) the median, p90 and p99 in milliseconds and the frames per second. Beside
 the same run on the same machine (these machines are shared and noisy, so only ratios within one
 run mean anything):
 
-* the ceiling: this machine's FP32 matrix-multiply rate (numpy/BLAS, 1024 x 1024), and the per-frame
-  path's achieved GFLOP/s from the manifest's operation counts;
+* the ceiling: this machine's FP32 matrix-multiply rate (one ONNX Runtime MatMul, 1024 x 1024, same
+  threads), and the per-frame path's achieved GFLOP/s from the manifest's operation counts;
 * the baseline: the PyTorch model's full eager forward with the support recomputed every frame (as
   the authors' code runs), same input, same thread count, where torch and ``sccan.train`` are
   installed (plugged in through the ``sccan.bench_baselines`` entry point, so this module never
@@ -42,6 +42,17 @@ from .segmenter import Segmenter
 STAGES = ("preprocess", "backbone", "decode", "postprocess", "total")
 #: Baseline factories: ``make(bundle_path, threads) -> run(frame_bgr, supports, masks) -> None``.
 BASELINE_GROUP = "sccan.bench_baselines"
+
+
+def decoder_gflops(cost: dict[str, Any], shots: int) -> float:
+    """The query decoder's GFLOPs per class at ``shots`` slots, from the manifest's counts at 1 and
+    at the export's maximum slots (linear in the slots: the prior is computed per slot). Older
+    manifests give only the maximum, an upper bound."""
+    full = float(cost["query_decoder_per_class"])
+    if "query_decoder_per_class_1_shot" not in cost:
+        return full
+    one, slots = float(cost["query_decoder_per_class_1_shot"]), int(cost["query_decoder_slots"])
+    return one if slots <= 1 else one + (full - one) * (shots - 1) / (slots - 1)
 
 
 def parse_list(text: str, what: str) -> list[int]:
@@ -90,16 +101,36 @@ def current_rss_mb() -> float:
         return peak_rss_mb()
 
 
-def matmul_gflops(seconds: float = 1.0, n: int = 1024) -> float:
-    """This machine's FP32 matrix-multiply rate (numpy/BLAS), the ceiling for the graphs' rate."""
+def matmul_gflops(seconds: float = 1.0, n: int = 1024, threads: int | None = None) -> tuple[float, str]:
+    """This machine's FP32 matrix-multiply rate, the ceiling for the graphs' rate: one ONNX Runtime
+    MatMul (the kernels the graphs run, same thread count) when the ``onnx`` package is here to
+    build it, else numpy's BLAS. Returns (GFLOP/s, what measured it)."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
-    a @ b
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+                                  [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
+                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = min(model.ir_version, 10)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        run, what = (lambda: session.run(None, {"a": a, "b": b})), f"ONNX Runtime MatMul {n}x{n}"
+        del onnx
+    except ImportError:
+        run, what = (lambda: a @ b), f"numpy matmul {n}x{n}"
+    run()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        a @ b
+        run()
         count += 1
-    return 2.0 * n ** 3 * count / (time.perf_counter() - start) / 1e9
+    return 2.0 * n ** 3 * count / (time.perf_counter() - start) / 1e9, what
 
 
 def synthetic_scene(seed: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +175,7 @@ class BenchResult:
     frames: int
     matmul_gflops: float
     cases: list[Case]
+    ceiling_note: str = ""
     peak_rss_mb: float = 0.0
     baseline_note: str = ""
     soak: dict[str, Any] | None = None
@@ -165,7 +197,7 @@ class BenchResult:
                 cell(s["total"]["p99_ms"], 7), cell(c.fps, 6), cell(s["backbone"]["median_ms"], 9),
                 cell(s["decode"]["median_ms"], 7), cell(s["postprocess"]["median_ms"], 6), cell(c.achieved_gflops, 8),
                 cell(c.baseline["median_ms"] if c.baseline else None, 11), cell(c.ratio_to_baseline, 6, 3)]))
-        lines.append(f"ceiling: FP32 matmul {self.matmul_gflops:.1f} GFLOP/s on this machine (numpy/BLAS); "
+        lines.append(f"ceiling: FP32 matmul {self.matmul_gflops:.1f} GFLOP/s on this machine ({self.ceiling_note}); "
                      f"peak RSS {self.peak_rss_mb:.0f} MB; backend {self.backend} {self.precision}"
                      + (f", {self.threads} threads" if self.threads else ""))
         if self.baseline_note:
@@ -213,7 +245,7 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
     if max(shots) > seg.max_shots:
         raise BadArgumentError(f"--shots {max(shots)} exceeds the bundle's maximum of {seg.max_shots}")
     cost = seg.bundle.manifest.get("cost_gflops", {})
-    ceiling = matmul_gflops()
+    ceiling, ceiling_note = matmul_gflops(threads=threads)
     run_baseline, note = load_baseline(seg.bundle.path, threads) if baseline else (None, "not measured (--no-baseline)")
     cases = [Case(k, c, f) for k in shots for c in classes for f in frames_sizes]
     total = len(cases) * frames + soak + (len(shots) * len(frames_sizes) * max(3, frames // 4) if run_baseline else 0)
@@ -235,7 +267,7 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
         case.stages = {s: summary(times[s]) for s in STAGES}
         case.fps = 1000.0 / case.stages["total"]["median_ms"]
         if "per_frame_1_class" in cost:
-            case.gflops_per_frame = cost["backbone_per_image"] + case.classes * cost["query_decoder_per_class"]
+            case.gflops_per_frame = cost["backbone_per_image"] + case.classes * decoder_gflops(cost, case.shots)
             case.achieved_gflops = case.gflops_per_frame / (
                 (case.stages["backbone"]["median_ms"] + case.stages["decode"]["median_ms"]) / 1000.0)
         if run_baseline is not None:
@@ -256,7 +288,7 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
     soak_result = _soak(seg, soak, frames_sizes[0], bar) if soak else None
     bar.close()
     return BenchResult(str(bundle), seg.backend.name, seg.backend.precision, threads, frames, ceiling, cases,
-                       peak_rss_mb(), note, soak_result)
+                       ceiling_note, peak_rss_mb(), note, soak_result)
 
 
 def _soak(seg: Segmenter, frames: int, size: tuple[int, int], bar: tqdm) -> dict[str, Any]:
