@@ -67,7 +67,7 @@ def _extensions_library() -> str:
             except ImportError as exc:
                 raise BundleError("this bundle's graphs hold the patch-alignment plugin node (exported with "
                                   "--patch-align plugin); ONNX Runtime runs it through onnxruntime-extensions: "
-                                  f"pip install onnxruntime-extensions ({exc})") from None
+                                  f"pip install 'sccan[plugin]' ({exc})") from None
             f32 = PyCustomOpDef.dt_float
 
             @onnx_op(op_type=OP_TYPE, inputs=[f32, f32, f32, f32], outputs=[f32, PyCustomOpDef.dt_int32],
@@ -80,30 +80,35 @@ def _extensions_library() -> str:
     return _library
 
 
-def ort_session(source: str | os.PathLike | Any, threads: int | None = None, **kwargs: Any) -> Any:
+def ort_session(source: str | os.PathLike | Any, threads: int | None = None, plugin: bool | None = None,
+                **kwargs: Any) -> Any:
     """An ``onnxruntime.InferenceSession`` (all graph optimisations, ``threads`` intra-op threads)
-    for a graph file or ModelProto, plugin nodes included. ``kwargs`` go to the session
-    (providers, provider_options)."""
-    import onnx
+    for a graph file or ModelProto, plugin nodes included. ``plugin``: whether the graph holds
+    ``SccanPatchAlign`` nodes (a bundle's manifest says so); None looks, which needs the ``onnx``
+    package, so the SDK's own path passes it and runs without ``onnx`` for standard bundles.
+    ``kwargs`` go to the session (providers, provider_options)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    model = source if isinstance(source, onnx.ModelProto) else None
-    if model is None:
-        model = onnx.load(str(source))
-        if not uses_plugin(model):
-            return ort.InferenceSession(str(source), options, **kwargs)
-    elif not uses_plugin(model):
-        return ort.InferenceSession(model.SerializeToString(), options, **kwargs)
+    is_proto = not isinstance(source, (str, os.PathLike))
+    if plugin is False:
+        return ort.InferenceSession(source.SerializeToString() if is_proto else str(source), options, **kwargs)
+    try:
+        import onnx
+    except ImportError as exc:
+        raise BundleError(f"this bundle's graphs hold the patch-alignment plugin node; ONNX Runtime needs the onnx "
+                          f"and onnxruntime-extensions packages for it: pip install 'sccan[plugin]' ({exc})") from None
+    model = source if is_proto else onnx.load(str(source))
+    if not uses_plugin(model):
+        return ort.InferenceSession(model.SerializeToString() if is_proto else str(source), options, **kwargs)
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for node in model.graph.node:
         if node.domain == DOMAIN and node.op_type == OP_TYPE:
             node.domain = _EXTENSIONS_DOMAIN
-    imports = {o.domain for o in model.opset_import}
-    if _EXTENSIONS_DOMAIN not in imports:
+    if _EXTENSIONS_DOMAIN not in {o.domain for o in model.opset_import}:
         model.opset_import.append(onnx.helper.make_opsetid(_EXTENSIONS_DOMAIN, 1))
     options.register_custom_ops_library(_extensions_library())
     return ort.InferenceSession(model.SerializeToString(), options, **kwargs)

@@ -181,3 +181,23 @@ def test_bench_runs_and_writes_its_report(small_export, tmp_path):
     assert "ceiling: FP32 matmul" in out.stdout
     bad = _sccan("bench", "--bundle", small_export[1], "--shots", "9")
     assert bad.returncode == 2 and "exceeds the bundle's maximum" in bad.stderr
+
+
+def test_segmenter_runs_without_torch_or_onnx(small_export):
+    """A minimal install (numpy, OpenCV, ONNX Runtime) runs a standard bundle: neither torch nor the
+    onnx package may be needed on the SDK's path."""
+    code = BLOCK_TORCH.replace('name == "torch" or name.startswith("torch.")',
+                               'name.split(".")[0] in ("torch", "onnx", "onnxscript", "onnx_graphsurgeon")') + """
+import numpy as np
+from sccan.sdk import Segmenter
+seg = Segmenter(sys.argv[1], backend="onnxruntime")
+image = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+mask = np.zeros((40, 60), np.uint8)
+mask[10:30, 20:40] = 1
+seg.add_class("x", [image], [mask])
+print(seg.segment(image).probabilities["x"].shape)
+assert not {"torch", "onnx"} & set(sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(small_export[1])], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "(40, 60)" in out.stdout, out.stderr[-2000:]
