@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from .bundle import write_json_atomic
 from .errors import BadArgumentError
-from .segmenter import Segmenter
+from .segmenter import BACKENDS, Segmenter
 
 STAGES = ("preprocess", "backbone", "decode", "postprocess", "total")
 #: Baseline factories: ``make(bundle_path, threads) -> run(frame_bgr, supports, masks) -> None``.
@@ -108,7 +108,6 @@ def matmul_gflops(seconds: float = 1.0, n: int = 1024, threads: int | None = Non
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
     try:
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
 
@@ -122,7 +121,6 @@ def matmul_gflops(seconds: float = 1.0, n: int = 1024, threads: int | None = Non
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         run, what = (lambda: session.run(None, {"a": a, "b": b})), f"ONNX Runtime MatMul {n}x{n}"
-        del onnx
     except ImportError:
         run, what = (lambda: a @ b), f"numpy matmul {n}x{n}"
     run()
@@ -401,7 +399,7 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("bench", help="latency per stage, FPS, memory and the uncached baseline, in one run")
     p.add_argument("--bundle", required=True, help="bundle directory from `sccan export`")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: TensorRT engines when usable here, else ONNX Runtime")
     p.add_argument("--precision", choices=("fp32", "fp16"), help="default: the backend's")
     p.add_argument("--shots", default="1", help="shot counts to measure, e.g. 1,5")

@@ -153,4 +153,4 @@ def frame_probability(logits: np.ndarray, p: Placement) -> np.ndarray:
 
 def foreground_probability(logits: np.ndarray) -> np.ndarray:
     """Softmax over the 2 logit channels, channel 1: C x 2 x H x W -> C x H x W float32."""
-    return sigmoid_(np.array(foreground_logit(logits), dtype=np.float32))
+    return sigmoid_(foreground_logit(logits))  # the difference is a new array: safe to change in place

@@ -16,7 +16,7 @@ import cv2
 from tqdm import tqdm
 
 from .errors import BadArgumentError, SCCANError
-from .segmenter import Segmenter, check_threshold
+from .segmenter import BACKENDS, Segmenter, check_threshold
 from .sources import open_source, read_image, read_mask
 
 
@@ -115,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "NAME_labels_color.png, or segmented.mp4 for streams")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="foreground probability above which a pixel belongs to a class (0..1, default 0.5)")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: TensorRT engines when usable here, else ONNX Runtime")
     p.add_argument("--threads", type=int, help="ONNX Runtime CPU threads (default: its own choice)")
     p.add_argument("--cuda-graph", action="store_true",
