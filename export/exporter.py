@@ -20,6 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -37,6 +38,7 @@ from sccan.train.model import SCCAN
 
 from .fp16 import FP32_ISLAND_CLASSES, convert_to_fp16, fp32_island_nodes, island_summary
 from .graphs import OPSET, PATCH_ALIGN_MODES, GraphSpec, export_graph, graph_specs
+from .episodes import CHECK_FILE
 from .parity import run_parity_gate
 from .tensorrt_ops import check_model, op_counts, parameter_count
 
@@ -214,7 +216,9 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
     steps.set_description("parity gate")
     paths32 = {g: work / graph_file(g, "fp32") for g in GRAPHS}
     paths16 = {g: work / graph_file(g, "fp16") for g in GRAPHS} if fp16 else None
-    parity = run_parity_gate(model, paths32, size, max_shots, check_episodes, paths16)
+    reference: dict[str, np.ndarray] = {}
+    parity = run_parity_gate(model, paths32, size, max_shots, check_episodes, paths16, reference=reference)
+    np.savez_compressed(work / CHECK_FILE, **reference)
     steps.update()
     steps.close()
 
@@ -240,11 +244,14 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
                      if fp16 else None),
         },
         "graphs": graphs, "cost_gflops": cost, "parity": parity.to_dict(), "engines": {},
+        "check": {"episodes": check_episodes, "seed": 0, "file": CHECK_FILE,
+                  "what": "PyTorch's patch-alignment indices on the check episodes and where they are decisive "
+                          "(best minus second-best > 1e-5), for the engine gate of `sccan build`"},
     }
     report = format_report(manifest)
     (work / "report.txt").write_text(report)
     write_json_atomic(work / "report.json", {"graphs": graphs, "parity": parity.to_dict(), "cost_gflops": cost})
-    manifest["files"] = {p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.suffix in (".onnx", ".txt", ".json")}
+    manifest["files"] = {p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.suffix in (".onnx", ".txt", ".json", ".npz")}
     write_manifest(work, manifest)
     if not parity.ok:
         raise ExportError("parity gate failed:\n  " + "\n  ".join(parity.failures) + "\n\n" + report)

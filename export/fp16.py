@@ -23,6 +23,8 @@ from onnx import TensorProto, helper
 
 from sccan.sdk.patch_align_op import ort_session
 
+from .episodes import to_fp16_feeds  # noqa: F401 - re-exported: the FP16 graphs' inputs
+
 #: Module classes whose nodes stay FP32 (matched on the class name's last component).
 FP32_ISLAND_CLASSES = ("L2Normalize", "CosineSimilarity", "PriorStretch", "LayerNorm")
 FP16_MAX = 65504.0
@@ -148,8 +150,3 @@ def storage_sweep(model_fp16: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> 
         if peak > sweep.max_abs:
             sweep.max_abs, sweep.max_abs_tensor = peak, meta.name
     return sweep
-
-
-def to_fp16_feeds(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Float32 arrays as float16 (the FP16 graphs' inputs), others unchanged."""
-    return {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feeds.items()}

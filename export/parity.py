@@ -16,75 +16,17 @@ import numpy as np
 import onnx
 import torch
 
-from sccan.sdk.patch_align_op import ort_session
 from sccan.sdk.preprocess import foreground_probability
 from sccan.train.model import SCCAN
 from sccan.train.model.ops import resize
 
+from .episodes import Episode, GraphSessions, check_episodes, reference_key, run_episode
 from .fp16 import StorageSweep, storage_sweep, to_fp16_feeds
 
 LOGIT_TOLERANCE = 1e-4
 INDEX_MARGIN = 1e-5
 FP16_PROB_TOLERANCE = 0.02
 FP16_MASK_AGREEMENT = 0.995
-
-
-class GraphSessions:
-    """The three graphs of one precision in ONNX Runtime (CPU), run stage by stage."""
-
-    def __init__(self, paths: dict[str, Path], fp16: bool = False, threads: int | None = None):
-        self.sessions = {g: ort_session(p, threads, providers=["CPUExecutionProvider"]) for g, p in paths.items()}
-        self.fp16 = fp16
-        self.support_names = [o.name for o in self.sessions["support_encoder"].get_outputs()]
-
-    def _feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return to_fp16_feeds(feeds) if self.fp16 else feeds
-
-    def extract(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        mid, high = self.sessions["backbone"].run(None, self._feeds({"images": images}))
-        return {"mid": mid, "high": high}
-
-    def encode(self, features: dict[str, np.ndarray], masks: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.sessions["support_encoder"].run(None, self._feeds({**features, "masks": masks}))
-        return dict(zip(self.support_names, out))
-
-    def decode(self, features: dict[str, np.ndarray], support: dict[str, np.ndarray]
-               ) -> tuple[np.ndarray, list[np.ndarray]]:
-        out = self.sessions["query_decoder"].run(None, self._feeds({**features, **support}))
-        return out[0].astype(np.float32), out[1:]
-
-
-@dataclass
-class Episode:
-    """A query and two classes' supports (normalised images, 0/1 labels) at the bundle size."""
-
-    query: np.ndarray  # 1 x 3 x S x S
-    supports: list[tuple[np.ndarray, np.ndarray]]  # per class: K x 3 x S x S images, 1 x K x S x S labels
-
-
-def check_episodes(count: int, size: int, max_shots: int, seed: int = 0) -> list[Episode]:
-    """Deterministic episodes: smooth random images, elliptical objects; class 0 has 1 shot,
-    class 1 has ``max_shots``."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-
-    def image() -> np.ndarray:
-        coarse = rng.standard_normal((3, 9, 9)).astype(np.float32)
-        t = torch.from_numpy(coarse)[None]
-        return (resize(t, size)[0].numpy() + 0.3 * rng.standard_normal((3, size, size))).astype(np.float32)
-
-    def mask() -> np.ndarray:
-        cy, cx = rng.uniform(0.25, 0.75, 2) * size
-        ry, rx = rng.uniform(0.1, 0.3, 2) * size
-        return (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.float32)
-
-    episodes = []
-    for _ in range(count):
-        supports = []
-        for k in (1, max_shots):
-            supports.append((np.stack([image() for _ in range(k)]), np.stack([mask() for _ in range(k)])[None]))
-        episodes.append(Episode(image()[None], supports))
-    return episodes
 
 
 @dataclass
@@ -136,16 +78,25 @@ def _torch_reference(model: SCCAN, episode: Episode, size: int, max_shots: int):
 
 
 def run_parity_gate(model: SCCAN, paths32: dict[str, Path], size: int, max_shots: int, episodes: int,
-                    paths16: dict[str, Path] | None = None, seed: int = 0) -> ParityReport:
-    """Compare the graphs with the model on ``episodes`` check episodes; see the module docstring."""
+                    paths16: dict[str, Path] | None = None, seed: int = 0,
+                    reference: dict[str, np.ndarray] | None = None) -> ParityReport:
+    """Compare the graphs with the model on ``episodes`` check episodes; see the module docstring.
+
+    ``reference``, when given, receives PyTorch's alignment indices and where they are decisive,
+    per episode, class and block (keys of :func:`reference_key`), for the bundle's ``check.npz``:
+    the engine build's gate holds TensorRT's indices to them without torch."""
     report = ParityReport(episodes=episodes)
     fp32 = GraphSessions(paths32)
     fp16 = GraphSessions(paths16, fp16=True) if paths16 else None
     sweeps: dict[str, StorageSweep] = {}
-    for episode in check_episodes(episodes, size, max_shots, seed):
-        reference = _torch_reference(model, episode, size, max_shots)
-        logits, indices = _run_graphs(fp32, episode)
-        for c, (ref_logits, ref_indices, ref_margins) in enumerate(reference):
+    for e, episode in enumerate(check_episodes(episodes, size, max_shots, seed)):
+        torch_out = _torch_reference(model, episode, size, max_shots)
+        logits, indices = run_episode(fp32, episode)
+        for c, (ref_logits, ref_indices, ref_margins) in enumerate(torch_out):
+            if reference is not None:
+                for b, (want, margin) in enumerate(zip(ref_indices, ref_margins)):
+                    reference[reference_key(e, c, b, "index")] = want[0].astype(np.int32)
+                    reference[reference_key(e, c, b, "decisive")] = margin[0] > INDEX_MARGIN
             scale = float(np.abs(ref_logits).max()) or 1.0
             rel = float(np.abs(logits[c] - ref_logits[0]).max()) / scale
             report.max_relative_logit_diff = max(report.max_relative_logit_diff, rel)
@@ -154,7 +105,7 @@ def run_parity_gate(model: SCCAN, paths32: dict[str, Path], size: int, max_shots
                 report.indices_checked += int(decisive.sum())
                 report.index_mismatches += int((got[c][decisive] != want[0][decisive]).sum())
         if fp16 is not None:
-            logits16, _ = _run_graphs(fp16, episode)
+            logits16, _ = run_episode(fp16, episode)
             p32, p16 = foreground_probability(logits), foreground_probability(logits16)
             diff = float(np.abs(p32 - p16).max())
             agree = float(((p32 > 0.5) == (p16 > 0.5)).mean())
@@ -180,15 +131,6 @@ def run_parity_gate(model: SCCAN, paths32: dict[str, Path], size: int, max_shots
             if not sweep.ok:
                 report.failures.append(f"FP16 {graph} stores inf/NaN in {sweep.nonfinite[:5]}")
     return report
-
-
-def _run_graphs(sessions: GraphSessions, episode: Episode) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Encode each class separately, decode all classes in one batch."""
-    per_class = []
-    for images, masks in episode.supports:
-        per_class.append(sessions.encode(sessions.extract(images), masks))
-    batched = {k: np.concatenate([s[k] for s in per_class]) for k in per_class[0]}
-    return sessions.decode(sessions.extract(episode.query), batched)
 
 
 def _sweep_fp16(sessions: GraphSessions, paths16: dict[str, Path], episode: Episode) -> dict[str, StorageSweep]:

@@ -158,6 +158,9 @@ class Case:
     achieved_gflops: float | None = None
     baseline: dict[str, float] | None = None
     ratio_to_baseline: float | None = None
+    #: TensorRT only: GPU time per stage from CUDA events (copies excluded), and device memory in use
+    device_stages: dict[str, dict[str, float]] | None = None
+    device_memory_mb: float | None = None
 
     @property
     def label(self) -> str:
@@ -177,6 +180,7 @@ class BenchResult:
     peak_rss_mb: float = 0.0
     baseline_note: str = ""
     soak: dict[str, Any] | None = None
+    gpu: str | None = None  # the GPU's name, on the TensorRT backend
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,9 +199,14 @@ class BenchResult:
                 cell(s["total"]["p99_ms"], 7), cell(c.fps, 6), cell(s["backbone"]["median_ms"], 9),
                 cell(s["decode"]["median_ms"], 7), cell(s["postprocess"]["median_ms"], 6), cell(c.achieved_gflops, 8),
                 cell(c.baseline["median_ms"] if c.baseline else None, 11), cell(c.ratio_to_baseline, 6, 3)]))
+        for c in self.cases:
+            if c.device_stages:
+                lines.append(f"{c.label}: GPU (CUDA events) backbone {c.device_stages['backbone']['median_ms']:.2f} ms, "
+                             f"decode {c.device_stages['decode']['median_ms']:.2f} ms; device memory in use "
+                             f"{c.device_memory_mb:.0f} MiB")
         lines.append(f"ceiling: FP32 matmul {self.matmul_gflops:.1f} GFLOP/s on this machine ({self.ceiling_note}); "
                      f"peak RSS {self.peak_rss_mb:.0f} MB; backend {self.backend} {self.precision}"
-                     + (f", {self.threads} threads" if self.threads else ""))
+                     + (f", {self.threads} threads" if self.threads else "") + (f" on {self.gpu}" if self.gpu else ""))
         if self.baseline_note:
             lines.append(f"baseline: {self.baseline_note}")
         if self.soak:
@@ -218,17 +227,34 @@ def load_baseline(bundle: Path, threads: int | None) -> tuple[Callable | None, s
     return None, "not measured: no baseline is installed (sccan[train,export])"
 
 
+DEVICE_STAGES = {"backbone": ("backbone",), "decode": ("query_decoder",)}
+
+
 def _time_frames(seg: Segmenter, frame: np.ndarray, names: list[str], frames: int, warmup: int,
-                 bar: tqdm) -> dict[str, list[float]]:
+                 bar: tqdm) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Host seconds per stage and frame; with a TensorRT backend also GPU seconds per stage
+    (CUDA events around each engine's execution)."""
+    device = getattr(seg.backend, "device_timing", None) is not None
+    if device:
+        seg.backend.device_timing = True
     for _ in range(warmup):
         seg.segment(frame, classes=names)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
+    gpu: dict[str, list[float]] = {s: [] for s in DEVICE_STAGES} if device else {}
+    if device:
+        seg.backend.take_device_ms()
     for _ in range(frames):
         timings = seg.segment(frame, classes=names).timings
         for s in STAGES:
             times[s].append(timings[s])
+        if device:
+            ms = seg.backend.take_device_ms()
+            for stage, graphs in DEVICE_STAGES.items():
+                gpu[stage].append(sum(ms.get(g, 0.0) for g in graphs) / 1000.0)
         bar.update()
-    return times
+    if device:
+        seg.backend.device_timing = False
+    return times, gpu
 
 
 def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: str | None = None,
@@ -261,8 +287,11 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
             shots_ = [synthetic_scene(100 * i + j + 1, h, w) for j in range(case.shots)]
             seg.add_class(name, [s[0] for s in shots_], [s[1] for s in shots_])
         case.register_ms_per_class = 1000 * (time.perf_counter() - start) / case.classes
-        times = _time_frames(seg, frame, names, frames, warmup, bar)
+        times, gpu = _time_frames(seg, frame, names, frames, warmup, bar)
         case.stages = {s: summary(times[s]) for s in STAGES}
+        if gpu:
+            case.device_stages = {s: summary(v) for s, v in gpu.items()}
+            case.device_memory_mb = seg.backend.device_memory_mb()[0]
         case.fps = 1000.0 / case.stages["total"]["median_ms"]
         if "per_frame_1_class" in cost:
             case.gflops_per_frame = cost["backbone_per_image"] + case.classes * decoder_gflops(cost, case.shots)
@@ -285,8 +314,13 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
             case.ratio_to_baseline = case.stages["total"]["median_ms"] / case.baseline["median_ms"]
     soak_result = _soak(seg, soak, frames_sizes[0], bar) if soak else None
     bar.close()
+    gpu = None
+    if seg.backend.name == "tensorrt":
+        from .info import cuda_devices
+
+        gpu = next((d["name"] for d in cuda_devices()[0] if d["index"] == seg.backend.device), None)
     return BenchResult(str(bundle), seg.backend.name, seg.backend.precision, threads, frames, ceiling, cases,
-                       ceiling_note, peak_rss_mb(), note, soak_result)
+                       ceiling_note, peak_rss_mb(), note, soak_result, gpu)
 
 
 def _soak(seg: Segmenter, frames: int, size: tuple[int, int], bar: tqdm) -> dict[str, Any]:

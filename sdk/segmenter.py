@@ -187,7 +187,8 @@ class Segmenter:
         m = self.bundle.manifest
         self.size = self.bundle.input_size
         self.max_shots = self.bundle.max_shots
-        self.max_classes = int(m["max_classes"])
+        # TensorRT engines may be built for fewer classes per decode than the graphs take.
+        self.max_classes = int(getattr(self.backend, "max_classes", None) or m["max_classes"])
         self.mean = tuple(m["normalization"]["mean"])
         self.std = tuple(m["normalization"]["std"])
         self.encoder_sha256 = m["files"][Path(self.bundle.graph_path("support_encoder", self.backend.precision)).name]
@@ -398,7 +399,7 @@ class Segmenter:
         """Segment the registered (or the named) classes in one frame.
 
         One backbone run; the query decoder runs once over all requested classes (in chunks of the
-        bundle's ``max_classes``).
+        bundle's ``max_classes``, or of the TensorRT engines' when fewer).
         """
         t0 = time.perf_counter()
         threshold = check_threshold(threshold)

@@ -1,19 +1,23 @@
 """TensorRT engines as a :class:`~sccan.sdk.backends.Backend` (TensorRT >= 10.3, named tensors).
 
 Kept thin: one execution context per engine and one CUDA stream per backend, ``execute_async_v3``
-on named tensor addresses. Host staging buffers are page-locked (asynchronous copies need that);
+on named tensor addresses. Each backend (the first, and every :meth:`TensorRTBackend.fork`, which
+``Segmenter.clone`` uses) holds one of the engines' optimisation profiles (``sccan build
+--contexts N`` builds N identical ones): concurrently used contexts of a dynamic-shape engine each
+need their own. Host staging buffers are page-locked (asynchronous copies need that);
 resident tensors (the cached support features, the backbone's outputs on their way to the decoder)
 stay in device memory and are bound by address, so a frame copies only its image in and the
 logits out. With ``cuda_graph=True`` the per-frame graphs (backbone, query decoder) are captured
-into CUDA graphs after one ordinary enqueue and replayed while their shapes and addresses stay the
-same (a fixed class count); a change re-captures.
+into CUDA graphs after one ordinary enqueue, cached per graph, shapes and addresses (so a frame
+with two decoder batches replays both), at most :data:`MAX_CAPTURES` per backend.
 
 Device memory goes through cuda-python's runtime bindings, or pycuda (the binding JetPack users
-often have) when cuda-python is absent; CUDA-graph capture needs cuda-python. Before anything is
-deserialised, a preflight compares what each engine was built for (TensorRT version, compute
-capability, plugin library hash, recorded in the manifest's ``engines`` section) with this system
-and refuses a mismatch with a message naming both sides: a wrong engine must never segfault or
-compute silently wrong results.
+often have) when cuda-python is absent or cannot talk to the driver (cuda-python 13 on a CUDA 12
+driver); CUDA-graph capture needs cuda-python. Before anything is deserialised, a preflight
+compares what each engine was built for (TensorRT version, GPU model and compute capability,
+plugin library hash, recorded in the manifest's ``engines`` section by ``sccan build``) with this
+system, and checks each plan file's sha256; it refuses a mismatch with a message naming both
+sides: a wrong or damaged engine must never segfault or compute silently wrong results.
 
 Not run on a GPU by the machines this project is developed on (no GPU, no TensorRT): ``tests/gpu``
 covers it on a machine that has both; ``tests/test_tensorrt_host.py`` runs this code against a
@@ -26,6 +30,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +41,27 @@ import numpy as np
 
 from .bundle import GRAPHS, Bundle
 from .errors import BundleMismatchError, SCCANError
-from .info import cuda_devices, cuda_runtime_module
+from .info import cuda_devices, cuda_runtime_module, pycuda_driver
 
 MIN_TENSORRT = (10, 3)
 #: The graphs that run once per frame, which ``cuda_graph=True`` captures.
 PER_FRAME_GRAPHS = ("backbone", "query_decoder")
+#: CUDA graphs kept per backend (per graph, shapes and addresses); the least recently used goes.
+MAX_CAPTURES = 8
 
 
-def _compute_capability(device: int) -> str | None:
+def _device(device: int) -> dict[str, Any] | None:
+    """``{"name", "compute_capability"}`` of CUDA device ``device``, or None when there is none."""
     devices, _ = cuda_devices()
-    return next((d["compute_capability"] for d in devices if d["index"] == device), None)
+    return next((d for d in devices if d["index"] == device), None)
+
+
+def sha256_path(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def preflight(bundle: Bundle, precision: str, device: int) -> list[str]:
@@ -55,7 +72,7 @@ def preflight(bundle: Bundle, precision: str, device: int) -> list[str]:
     if not engines:
         return [f"bundle {bundle.path} has no {precision} TensorRT engines (build them with `sccan build`)"]
     problems = []
-    here_cc = _compute_capability(device)
+    here = _device(device) or {"name": None, "compute_capability": None}
     for graph in GRAPHS:
         info = engines.get(graph)
         if info is None:
@@ -64,15 +81,23 @@ def preflight(bundle: Bundle, precision: str, device: int) -> list[str]:
         if info.get("tensorrt") != trt.__version__:
             problems.append(f"{graph} engine built with TensorRT {info.get('tensorrt')}, this system has "
                             f"{trt.__version__}")
-        if info.get("compute_capability") != here_cc:
+        if info.get("compute_capability") != here["compute_capability"]:
             problems.append(f"{graph} engine built for compute capability {info.get('compute_capability')}, "
-                            f"device {device} is {here_cc}")
-        if not (bundle.path / info.get("file", "")).is_file():
+                            f"device {device} is {here['compute_capability']}")
+        elif info.get("gpu") and info["gpu"] != here["name"] and not info.get("hardware_compatible"):
+            # Engines are specific to the GPU model (Orin Nano and AGX Orin are both 8.7).
+            problems.append(f"{graph} engine built on {info['gpu']}, device {device} is {here['name']} (rebuild "
+                            "here with `sccan build`, or build with --hardware-compatible)")
+        path = bundle.path / info.get("file", "")
+        if not path.is_file():
             problems.append(f"{graph} engine file {info.get('file')} is missing from {bundle.path}")
+        elif info.get("sha256") and sha256_path(path) != info["sha256"]:
+            problems.append(f"{graph} engine file {info['file']} does not match its sha256 in the manifest "
+                            "(truncated or altered; rebuild with `sccan build --force`)")
         plugin = info.get("plugin_library")
         if plugin:
             path = bundle.path / plugin["file"]
-            got = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+            got = sha256_path(path) if path.is_file() else "missing"
             if got != plugin["sha256"]:
                 problems.append(f"{graph} engine needs plugin {plugin['file']} sha256 {plugin['sha256'][:12]}..., "
                                 f"found {got[:12]}")
@@ -88,20 +113,11 @@ def tensorrt_unavailable(bundle: Bundle, device: int = 0, precision: str = "fp16
     version = tuple(int(v) for v in trt.__version__.split(".")[:2])
     if version < MIN_TENSORRT:
         return f"TensorRT {trt.__version__} is older than the supported 10.3"
-    if cuda_runtime_module() is None and not _pycuda_importable():
-        return "neither cuda-python nor pycuda is installed"
-    if _compute_capability(device) is None:
-        return f"no CUDA device {device}"
+    if _device(device) is None:
+        _, why = cuda_devices()
+        return f"no CUDA device {device} ({why})" if why else f"no CUDA device {device}"
     problems = preflight(bundle, precision, device)
     return "; ".join(problems) if problems else None
-
-
-def _pycuda_importable() -> bool:
-    try:
-        import pycuda.driver  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # -- CUDA runtime calls, over cuda-python or pycuda --------------------------------------------------
@@ -148,18 +164,29 @@ class _Cuda:
 
     def __init__(self, device: int):
         self.device = device
-        self.rt = cuda_runtime_module()
-        if self.rt is not None:
-            self.flavour = "cuda-python"
-            self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
-            return
-        try:
-            import pycuda.driver as drv
-        except ImportError as exc:
-            raise SCCANError("the TensorRT backend needs cuda-python or pycuda for device memory") from exc
-        self.flavour, self.drv = "pycuda", drv
-        drv.init()
-        self.context = drv.Device(device).retain_primary_context()
+        errors = []
+        rt = cuda_runtime_module()
+        if rt is not None:
+            err = rt.cudaSetDevice(device)
+            err = err[0] if isinstance(err, tuple) else err
+            if int(err) == 0:
+                self.flavour, self.rt = "cuda-python", rt
+                return
+            errors.append(f"cuda-python: cudaSetDevice({device}) failed: {getattr(err, 'name', err)}")
+        else:
+            errors.append("cuda-python: not installed")
+        drv = pycuda_driver()
+        if drv is None:
+            errors.append("pycuda: not installed")
+        else:
+            try:
+                drv.init()
+                self.context = drv.Device(device).retain_primary_context()
+                self.flavour, self.drv, self.rt = "pycuda", drv, None
+                return
+            except Exception as exc:  # noqa: BLE001 - pycuda's own error types
+                errors.append(f"pycuda: {exc}")
+        raise CudaError("no CUDA binding works here (" + "; ".join(errors) + "); `sccan info` says more")
 
     @staticmethod
     def _check(result: Any, call: str) -> Any:
@@ -236,17 +263,55 @@ class _Cuda:
         else:
             stream.synchronize()
 
+    # events and memory (the bench's device figures)
+    def event(self) -> Any:
+        if self.flavour == "cuda-python":
+            return self._check(self.rt.cudaEventCreate(), "cudaEventCreate")
+        return self.drv.Event()
+
+    def record(self, event: Any, stream: Any) -> None:
+        if self.flavour == "cuda-python":
+            self._check(self.rt.cudaEventRecord(event, stream), "cudaEventRecord")
+        else:
+            event.record(stream)
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        """Milliseconds between two recorded events (both complete: the stream was synchronised)."""
+        if self.flavour == "cuda-python":
+            return float(self._check(self.rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
+        return float(start.time_till(end))
+
+    def memory_used(self) -> tuple[int, int]:
+        """(bytes in use on the device, total bytes), all processes."""
+        if self.flavour == "cuda-python":
+            free, total = self._check(self.rt.cudaMemGetInfo(), "cudaMemGetInfo")
+        else:
+            free, total = self.drv.mem_get_info()
+        return int(total) - int(free), int(total)
+
     # CUDA graphs (cuda-python only)
     def capture(self, stream: Any, enqueue: Any) -> tuple[Any, Any]:
-        """Record what ``enqueue()`` puts on ``stream`` into a CUDA graph: (graph, executable)."""
+        """Record what ``enqueue()`` puts on ``stream`` into a CUDA graph: (graph, executable).
+
+        If ``enqueue`` raises, the capture is ended (the stream must not stay in capture mode) and
+        whatever it recorded destroyed, and the original error propagates (the end-capture error of
+        an invalidated capture would only hide it)."""
         rt = self.rt
         self._check(rt.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
                     "cudaStreamBeginCapture")
         try:
             enqueue()
-        finally:
-            graph = self._check(rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
-        executable = self._check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        except BaseException:
+            err, *graph = rt.cudaStreamEndCapture(stream)
+            if int(err) == 0 and graph and graph[0] is not None:
+                rt.cudaGraphDestroy(graph[0])
+            raise
+        graph = self._check(rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+        try:
+            executable = self._check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        except BaseException:
+            rt.cudaGraphDestroy(graph)
+            raise
         return graph, executable
 
     def launch(self, executable: Any, stream: Any) -> None:
@@ -273,17 +338,40 @@ class DeviceTensor:
 
 @dataclass
 class _Capture:
-    key: tuple
     graph: Any
     executable: Any
 
 
-class TensorRTBackend:
-    """The bundle's engines for one precision: one execution context per engine, one CUDA stream,
-    page-locked staging buffers and reused device buffers per tensor.
+class _ProfilePool:
+    """The optimisation profiles of a set of engines; each live backend holds one."""
 
-    A backend runs one graph at a time (a lock); :meth:`fork` gives another thread its own contexts,
-    stream and buffers on the same deserialised engines.
+    def __init__(self, count: int):
+        self.count = count
+        self.free = list(range(count))
+        self.lock = threading.Lock()
+
+    def acquire(self) -> int:
+        with self.lock:
+            if not self.free:
+                raise SCCANError(f"all {self.count} execution contexts of these engines are in use: they were built "
+                                 f"with {self.count} optimisation profile(s) (`sccan build --contexts "
+                                 f"{self.count}`), one per concurrently used Segmenter or clone; rebuild with a "
+                                 "larger --contexts, or drop a clone first")
+            return self.free.pop(0)
+
+    def release(self, index: int) -> None:
+        with self.lock:
+            self.free.append(index)
+            self.free.sort()
+
+
+class TensorRTBackend:
+    """The bundle's engines for one precision: one execution context per engine on one of the
+    engines' optimisation profiles, one CUDA stream, page-locked staging buffers and reused device
+    buffers per tensor.
+
+    A backend runs one graph at a time (a lock); :meth:`fork` gives another thread its own contexts
+    (on another profile), stream and buffers on the same deserialised engines.
 
     Args:
         bundle: a bundle whose manifest lists engines for ``precision``.
@@ -312,7 +400,7 @@ class TensorRTBackend:
         self.cuda.activate()
         try:
             for plugin in sorted(plugins):
-                trt.get_plugin_registry().load_library(str(bundle.path / plugin))
+                load_plugin_library(trt, bundle.path / plugin)
             self.runtime = trt.Runtime(self.logger)
             self.engines = {}
             for graph in GRAPHS:
@@ -322,6 +410,9 @@ class TensorRTBackend:
                 self.engines[graph] = engine
         finally:
             self.cuda.deactivate()
+        #: the most classes one decode takes (the decoder engine's profile), or None: the bundle's
+        self.max_classes = engines["query_decoder"].get("max_classes")
+        self._profiles = _ProfilePool(min(e.num_optimization_profiles for e in self.engines.values()))
         self.inputs, self.outputs, self._dtypes = {}, {}, {}
         for graph, engine in self.engines.items():
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -331,22 +422,36 @@ class TensorRTBackend:
         self._start_execution()
 
     def _start_execution(self) -> None:
-        """Per-thread state: contexts, stream, buffers, captured graphs."""
+        """Per-thread state: a profile, contexts on it, stream, buffers, captured graphs."""
+        self.profile = self._profiles.acquire()
+        weakref.finalize(self, self._profiles.release, self.profile)
         self.cuda.activate()
         try:
-            self.contexts = {g: e.create_execution_context() for g, e in self.engines.items()}
             self.stream = self.cuda.stream()
+            handle = self.cuda.stream_handle(self.stream)
+            self.contexts = {}
+            for graph, engine in self.engines.items():
+                context = engine.create_execution_context()
+                if context is None:
+                    raise CudaError(f"TensorRT could not create an execution context for {graph} (device memory?)")
+                if not context.set_optimization_profile_async(self.profile, handle):
+                    raise SCCANError(f"TensorRT refused optimisation profile {self.profile} for {graph}")
+                self.contexts[graph] = context
+            self.cuda.synchronize(self.stream)
         finally:
             self.cuda.deactivate()
         self._device: dict[tuple[str, str], _DeviceBuffer] = {}
         self._pinned: dict[tuple[str, str], _PinnedBuffer] = {}
-        self._captures: dict[str, _Capture] = {}
+        self._captures: OrderedDict[tuple, _Capture] = OrderedDict()
         self._lock = threading.RLock()
+        self.device_timing = False  # record CUDA events around each graph's execution
+        self.device_ms: dict[str, float] = {}  # per graph: GPU time since the last reset
+        self._events: dict[str, tuple[Any, Any]] = {}
 
     def fork(self) -> "TensorRTBackend":
         twin = object.__new__(TensorRTBackend)
         shared = ("trt", "precision", "device", "cuda", "cuda_graph", "logger", "runtime", "engines", "inputs",
-                  "outputs", "_dtypes")
+                  "outputs", "_dtypes", "_profiles", "max_classes")
         twin.__dict__.update({k: self.__dict__[k] for k in shared})
         twin._start_execution()
         return twin
@@ -428,7 +533,12 @@ class TensorRTBackend:
             ptr = self._device_buffer(graph, name, nbytes).ptr
             context.set_tensor_address(name, ptr)
             binding.append((name, shape, ptr))
+        timed = self._timing_events(graph)
+        if timed:
+            self.cuda.record(timed[0], self.stream)
         self._execute(graph, context, tuple(binding))
+        if timed:
+            self.cuda.record(timed[1], self.stream)
         results: dict[str, np.ndarray | DeviceTensor] = {}
         staged = {}
         for name in wanted:
@@ -439,8 +549,33 @@ class TensorRTBackend:
                 staged[name] = self._pinned_buffer(graph, name, buf.nbytes).view(shapes[name], dtypes[name])
                 self.cuda.to_host(staged[name], buf.ptr, self.stream)
         self.cuda.synchronize(self.stream)
+        if timed:
+            self.device_ms[graph] = self.device_ms.get(graph, 0.0) + self.cuda.elapsed_ms(*timed)
         results.update({name: view.copy() for name, view in staged.items()})  # staging is reused next run
         return results
+
+    def _timing_events(self, graph: str) -> tuple[Any, Any] | None:
+        if not self.device_timing:
+            return None
+        if graph not in self._events:
+            self._events[graph] = (self.cuda.event(), self.cuda.event())
+        return self._events[graph]
+
+    def take_device_ms(self) -> dict[str, float]:
+        """GPU milliseconds per graph (CUDA events around each execution, copies excluded) since
+        the last call; ``device_timing`` must be on."""
+        out, self.device_ms = self.device_ms, {}
+        return out
+
+    def device_memory_mb(self) -> tuple[float, float]:
+        """(MiB in use on the device, all processes; MiB total)."""
+        with self._lock:
+            self.cuda.activate()
+            try:
+                used, total = self.cuda.memory_used()
+            finally:
+                self.cuda.deactivate()
+        return used / 2**20, total / 2**20
 
     def _execute(self, graph: str, context: Any, binding: tuple) -> None:
         handle = self.cuda.stream_handle(self.stream)
@@ -448,8 +583,10 @@ class TensorRTBackend:
             if not context.execute_async_v3(handle):
                 raise RuntimeError(f"TensorRT execution of {graph} failed")
             return
-        capture = self._captures.get(graph)
-        if capture is not None and capture.key == binding:
+        key = (graph, binding)
+        capture = self._captures.get(key)
+        if capture is not None:
+            self._captures.move_to_end(key)
             self.cuda.launch(capture.executable, self.stream)
             return
         # New shapes or addresses: an ordinary enqueue first (TensorRT does its shape-dependent
@@ -457,16 +594,29 @@ class TensorRTBackend:
         if not context.execute_async_v3(handle):
             raise RuntimeError(f"TensorRT execution of {graph} failed")
         self.cuda.synchronize(self.stream)
-        if capture is not None:
-            self.cuda.destroy_graph(capture.graph, capture.executable)
-            del self._captures[graph]
         results = []
         cuda_graph, executable = self.cuda.capture(self.stream,
                                                    lambda: results.append(context.execute_async_v3(handle)))
         if not all(results):
             self.cuda.destroy_graph(cuda_graph, executable)
             raise RuntimeError(f"TensorRT execution of {graph} failed during CUDA-graph capture")
-        self._captures[graph] = _Capture(binding, cuda_graph, executable)
+        self._captures[key] = _Capture(cuda_graph, executable)
+        while len(self._captures) > MAX_CAPTURES:
+            _, old = self._captures.popitem(last=False)
+            self.cuda.destroy_graph(old.graph, old.executable)
 
 
-__all__ = ["TensorRTBackend", "DeviceTensor", "preflight", "tensorrt_unavailable", "CudaError", "MIN_TENSORRT"]
+def load_plugin_library(trt: Any, path: Path) -> Any:
+    """Load a TensorRT plugin library, checked: TensorRT's ``load_library`` returns None (and logs)
+    when it cannot, which would otherwise surface later as an opaque deserialisation failure."""
+    if not path.is_file():
+        raise BundleMismatchError(f"the TensorRT plugin library {path} is missing")
+    handle = trt.get_plugin_registry().load_library(str(path))
+    if handle is None:
+        raise BundleMismatchError(f"TensorRT could not load the plugin library {path} (built for another TensorRT "
+                                  "or CUDA version, or for another architecture?)")
+    return handle
+
+
+__all__ = ["TensorRTBackend", "DeviceTensor", "preflight", "tensorrt_unavailable", "load_plugin_library", "CudaError",
+           "MIN_TENSORRT", "MAX_CAPTURES"]

@@ -1,17 +1,28 @@
-"""A host-memory stand-in for the parts of the TensorRT 10 and cuda-python runtime APIs that
-``sccan.sdk.tensorrt_backend`` calls, so its orchestration runs in CI (no GPU, no TensorRT).
+"""A host-memory stand-in for the parts of the TensorRT 10/11, cuda-python and pycuda APIs that
+``sccan.sdk.tensorrt_backend`` and ``sccan.export.engines`` call, so their orchestration runs in CI
+(no GPU, no TensorRT).
 
 * "Device" and page-locked memory are host allocations at real addresses; every copy and every
   tensor address is checked against the allocations (a stale or wrong pointer fails loudly, and a
   host-to-device copy from pageable memory is refused: the backend promises page-locked staging).
-* Streams run work when it is submitted, except while capturing, when they record it;
-  ``cudaGraphLaunch`` replays the record. An engine's enqueue reads and writes the addresses bound
-  at enqueue time, as a captured CUDA graph does.
-* An "engine" is an ONNX graph (the bundle's FP32 graph copied to ``*.engine``) run by ONNX Runtime.
+  Page-locked allocations are counted (``calls["cudaHostAlloc"]``).
+* Streams are asynchronous: submitted work runs only when the stream is synchronised, so a missing
+  synchronise, or a staging buffer overwritten before its copy ran, gives wrong results. While
+  capturing, a stream records; ``cudaGraphLaunch`` submits the record. An enqueue that raises
+  during capture invalidates it (``cudaStreamEndCapture`` then fails, as CUDA's does).
+* The builder records what it was asked for (network flags, builder flags, profiles, timing-cache
+  use) in ``FakeTensorRT.builds``; its "plan" is a JSON header (profiles, flags) and the ONNX graph,
+  run by ONNX Runtime when the engine executes. ``unsupported_ops``, ``out_of_memory`` and
+  ``tamper`` plant a parser rejection, an out-of-memory build and a wrong engine.
+* Engines have the profiles they were built with: ``set_input_shape`` enforces the active
+  profile's min/max, and two live contexts executing on one profile fail.
+* ``load_library`` returns a handle, or None for a file that is not a shared library.
+* ``FakePycuda`` is ``pycuda.driver`` over the same memory, so the pycuda path runs too;
+  ``FakeCudaRuntime(driver_error=True)`` is cuda-python 13 on a CUDA 12 driver (every call fails).
 
-Signatures follow cuda-python 13 (``cuda.bindings.runtime``: calls return ``(cudaError_t, value...)``)
-and the TensorRT 10 Python API (named tensors, ``execute_async_v3``). This checks shapes,
-addresses, copies, capture and replay; it says nothing about TensorRT's own kernels.
+This checks shapes, addresses, copies, capture and replay, profiles and the build's bookkeeping;
+it says nothing about TensorRT's own kernels or FP16 arithmetic (ONNX Runtime's CPU kernels run
+the FP16 graphs).
 """
 
 from __future__ import annotations
@@ -19,17 +30,25 @@ from __future__ import annotations
 import collections
 import ctypes
 import enum
+import importlib.machinery
 import itertools
+import json
+import struct
 import types
+import weakref
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+PLAN_MAGIC = b"FAKEPLAN"
+
 
 class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's names
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
+    cudaErrorInsufficientDriver = 35
+    cudaErrorStreamCaptureInvalidated = 901
 
 
 class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
@@ -54,31 +73,57 @@ class FakeStream:
     def __init__(self):
         self.handle = next(self._ids)
         self.recording: list | None = None
+        self.invalidated = False
+        self.pending: list = []
 
     def __int__(self) -> int:
         return self.handle
 
     def submit(self, op) -> None:
-        if self.recording is not None:
-            self.recording.append(op)
-        else:
+        (self.recording if self.recording is not None else self.pending).append(op)
+
+    def flush(self) -> None:
+        ops, self.pending = self.pending, []
+        for op in ops:
             op()
+
+    synchronize = flush  # pycuda's Stream.synchronize
 
 
 class FakeCudaRuntime(types.SimpleNamespace):
-    """``cuda.bindings.runtime`` as far as the backend uses it. ``calls`` counts what was done."""
+    """``cuda.bindings.runtime`` as far as the SDK uses it. ``calls`` counts what was done.
+    ``driver_error=True``: cuda-python newer than the driver (every call fails)."""
 
     cudaHostAllocDefault = 0
     cudaStreamNonBlocking = 1
     cudaMemcpyKind = cudaMemcpyKind
     cudaStreamCaptureMode = cudaStreamCaptureMode
 
-    def __init__(self):
+    def __init__(self, gpu: str = "Orin", cc: tuple[int, int] = (8, 7), driver_error: bool = False):
         super().__init__()
+        self.gpu, self.cc, self.driver_error = gpu, cc, driver_error
         self.device: dict[int, np.ndarray] = {}
         self.pinned: dict[int, np.ndarray] = {}
         self.streams: dict[int, FakeStream] = {}
+        self.graphs_alive = 0
         self.calls: collections.Counter = collections.Counter()
+
+    def _fail(self):
+        return (cudaError_t.cudaErrorInsufficientDriver,) if self.driver_error else None
+
+    # devices
+    def cudaGetDeviceCount(self):
+        return (cudaError_t.cudaErrorInsufficientDriver, 0) if self.driver_error else (OK, 1)
+
+    def cudaGetDeviceProperties(self, i):
+        prop = types.SimpleNamespace(name=self.gpu.encode() + b"\x00" * 4, major=self.cc[0], minor=self.cc[1])
+        return OK, prop
+
+    def cudaRuntimeGetVersion(self):
+        return OK, 12060
+
+    def cudaDriverGetVersion(self):
+        return OK, 12060
 
     # memory
     def _alloc(self, table: dict, nbytes: int):
@@ -87,6 +132,8 @@ class FakeCudaRuntime(types.SimpleNamespace):
         return OK, block.ctypes.data
 
     def cudaSetDevice(self, device):
+        if self.driver_error:
+            return self._fail()
         return (OK,) if device == 0 else (cudaError_t.cudaErrorInvalidValue,)
 
     def cudaMalloc(self, nbytes):
@@ -98,6 +145,7 @@ class FakeCudaRuntime(types.SimpleNamespace):
         return (OK,)
 
     def cudaHostAlloc(self, nbytes, flags):
+        self.calls["cudaHostAlloc"] += 1
         return self._alloc(self.pinned, nbytes)
 
     def cudaFreeHost(self, ptr):
@@ -117,7 +165,7 @@ class FakeCudaRuntime(types.SimpleNamespace):
         self.streams[stream.handle] = stream
         return OK, stream
 
-    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
+    def copy(self, dst: int, src: int, nbytes: int, kind: cudaMemcpyKind, stream: FakeStream) -> None:
         if kind == cudaMemcpyKind.cudaMemcpyHostToDevice:
             self.require(self.pinned, src, nbytes, "host-to-device source (must be page-locked)")
             self.require(self.device, dst, nbytes, "host-to-device destination")
@@ -128,21 +176,47 @@ class FakeCudaRuntime(types.SimpleNamespace):
             raise AssertionError(f"unexpected copy kind {kind}")
         self.calls[kind.name] += 1
         stream.submit(lambda: ctypes.memmove(int(dst), int(src), nbytes))
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
+        self.copy(dst, src, nbytes, kind, stream)
         return (OK,)
 
     def cudaStreamSynchronize(self, stream):
         if stream.recording is not None:
             raise AssertionError("synchronize during capture")
+        stream.flush()
         return (OK,)
+
+    # events and memory
+    def cudaEventCreate(self):
+        return OK, types.SimpleNamespace(time=None)
+
+    def cudaEventRecord(self, event, stream):
+        import time
+
+        stream.submit(lambda: setattr(event, "time", time.perf_counter()))
+        return (OK,)
+
+    def cudaEventElapsedTime(self, start, end):
+        assert start.time is not None and end.time is not None, "event not complete (no synchronise?)"
+        return OK, 1000.0 * (end.time - start.time)
+
+    def cudaMemGetInfo(self):
+        total = 8 << 30
+        return OK, total - sum(b.nbytes for b in self.device.values()), total
 
     # graphs
     def cudaStreamBeginCapture(self, stream, mode):
-        stream.recording = []
+        assert stream.recording is None, "capture begun on a stream that is already capturing"
+        stream.recording, stream.invalidated = [], False
         return (OK,)
 
     def cudaStreamEndCapture(self, stream):
         ops, stream.recording = stream.recording, None
+        if stream.invalidated:
+            return cudaError_t.cudaErrorStreamCaptureInvalidated, None
         self.calls["captures"] += 1
+        self.graphs_alive += 1
         return OK, types.SimpleNamespace(ops=ops)
 
     def cudaGraphInstantiate(self, graph, flags):
@@ -160,7 +234,101 @@ class FakeCudaRuntime(types.SimpleNamespace):
         return (OK,)
 
     def cudaGraphDestroy(self, graph):
+        self.graphs_alive -= 1
         return (OK,)
+
+
+class FakePycuda(types.ModuleType):
+    """``pycuda.driver`` over a :class:`FakeCudaRuntime`'s memory tables."""
+
+    def __init__(self, cuda: FakeCudaRuntime):
+        super().__init__("pycuda.driver")
+        self.cuda = cuda
+        outer = self
+
+        class Device:
+            def __init__(self, index):
+                if index != 0:
+                    raise RuntimeError(f"cuDeviceGet failed: invalid device ordinal {index}")
+
+            @staticmethod
+            def count():
+                return 1
+
+            def name(self):
+                return outer.cuda.gpu
+
+            def compute_capability(self):
+                return outer.cuda.cc
+
+            def retain_primary_context(self):
+                return types.SimpleNamespace(push=lambda: outer.cuda.calls.update(["ctx_push"]))
+
+        class Context:
+            @staticmethod
+            def pop():
+                outer.cuda.calls["ctx_pop"] += 1
+
+        class Allocation:
+            def __init__(self, nbytes):
+                _, self.ptr = outer.cuda.cudaMalloc(nbytes)
+
+            def __int__(self):
+                return self.ptr
+
+            def free(self):
+                outer.cuda.cudaFree(self.ptr)
+
+        self.Device, self.Context, self.Allocation = Device, Context, Allocation
+
+    def init(self):
+        pass
+
+    def get_driver_version(self):
+        return 12060
+
+    def get_version(self):
+        return (12, 6, 0)
+
+    def mem_get_info(self):
+        _, free, total = self.cuda.cudaMemGetInfo()
+        return free, total
+
+    def Event(self):  # noqa: N802 - pycuda's name
+        cuda = self.cuda
+        event = types.SimpleNamespace(time=None)
+
+        def record(stream):
+            _, = cuda.cudaEventRecord(event, stream)
+
+        def time_till(other):
+            return cuda.cudaEventElapsedTime(event, other)[1]
+
+        event.record, event.time_till = record, time_till
+        return event
+
+    def mem_alloc(self, nbytes):
+        return self.Allocation(nbytes)
+
+    def pagelocked_empty(self, shape, dtype):
+        self.cuda.calls["cudaHostAlloc"] += 1
+        array = np.zeros(shape, dtype)
+        self.cuda.pinned[array.ctypes.data] = array
+        return array
+
+    def Stream(self):  # noqa: N802 - pycuda's name
+        stream = FakeStream()
+        self.cuda.streams[stream.handle] = stream
+        return stream
+
+    def memcpy_htod_async(self, dst, src, stream):
+        self.cuda.copy(int(dst), src.ctypes.data, src.nbytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
+
+    def memcpy_dtoh_async(self, dst, src, stream):
+        self.cuda.copy(dst.ctypes.data, int(src), dst.nbytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
+
+
+# -- TensorRT ------------------------------------------------------------------------------------------
 
 
 class _DataType(enum.Enum):
@@ -176,31 +344,89 @@ class _TensorIOMode(enum.Enum):
     OUTPUT = 2
 
 
+class _NetworkFlag(enum.IntEnum):
+    STRONGLY_TYPED = 5  # kEXPLICIT_BATCH is 0; the value only has to be distinct
+
+
+class _BuilderFlag10(enum.IntEnum):
+    FP16 = 0
+    INT8 = 1
+    TF32 = 6
+
+
+class _BuilderFlag11(enum.IntEnum):  # TensorRT 11 removed the precision flags of weak typing
+    TF32 = 6
+
+
+class _MemoryPoolType(enum.IntEnum):
+    WORKSPACE = 0
+
+
+class _HardwareCompatibilityLevel(enum.IntEnum):
+    NONE = 0
+    AMPERE_PLUS = 1
+
+
+class _Severity(enum.IntEnum):
+    INTERNAL_ERROR = 0
+    ERROR = 1
+    WARNING = 2
+    INFO = 3
+    VERBOSE = 4
+
+
+class _ILogger:
+    Severity = _Severity
+
+    def __init__(self):
+        pass
+
+
 _NP = {_DataType.FLOAT: np.float32, _DataType.HALF: np.float16, _DataType.INT32: np.int32, _DataType.INT64: np.int64}
 _ONNX = {onnx.TensorProto.FLOAT: _DataType.FLOAT, onnx.TensorProto.FLOAT16: _DataType.HALF,
          onnx.TensorProto.INT32: _DataType.INT32, onnx.TensorProto.INT64: _DataType.INT64}
 
 
+def _io(model: onnx.ModelProto):
+    init = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in init]
+    dims = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+            for v in list(inputs) + list(model.graph.output)}
+    types_ = {v.name: _ONNX[v.type.tensor_type.elem_type] for v in list(inputs) + list(model.graph.output)}
+    return [v.name for v in inputs], [v.name for v in model.graph.output], dims, types_
+
+
+def make_plan(model: onnx.ModelProto, header: dict) -> bytes:
+    head = json.dumps(header).encode()
+    return PLAN_MAGIC + struct.pack("<Q", len(head)) + head + model.SerializeToString()
+
+
+def read_plan(data: bytes) -> tuple[dict, bytes]:
+    if not data.startswith(PLAN_MAGIC):
+        raise ValueError("not a plan")
+    (n,) = struct.unpack("<Q", data[8:16])
+    return json.loads(data[16:16 + n]), data[16 + n:]
+
+
 class FakeEngine:
     def __init__(self, data: bytes, cuda: FakeCudaRuntime):
-        model = onnx.load_from_string(data)
-        self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        self.header, graph = read_plan(data)
+        model = onnx.load_from_string(graph)
+        self.session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
         self.cuda = cuda
-        self.dims = {}
-        self.types = {}
-        init = {i.name for i in model.graph.initializer}
-        self.input_names = [v.name for v in model.graph.input if v.name not in init]
-        self.output_names = [v.name for v in model.graph.output]
-        for v in list(model.graph.input) + list(model.graph.output):
-            t = v.type.tensor_type
-            self.types[v.name] = _ONNX[t.elem_type]
-            self.dims[v.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        self.input_names, self.output_names, self.dims, self.types = _io(model)
+        self.profiles = self.header["profiles"]  # [{input: [min, opt, max]}]
         self._shapes: dict[tuple, dict[str, tuple]] = {}
+        self.contexts: weakref.WeakSet = weakref.WeakSet()
         self.executions = 0
 
     @property
     def num_io_tensors(self) -> int:
         return len(self.input_names) + len(self.output_names)
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return len(self.profiles)
 
     def get_tensor_name(self, i: int) -> str:
         return (self.input_names + self.output_names)[i]
@@ -211,8 +437,13 @@ class FakeEngine:
     def get_tensor_dtype(self, name: str) -> _DataType:
         return self.types[name]
 
+    def get_tensor_profile_shape(self, name: str, profile: int):
+        return self.profiles[profile][name]
+
     def create_execution_context(self) -> "FakeContext":
-        return FakeContext(self)
+        context = FakeContext(self)
+        self.contexts.add(context)
+        return context
 
     def view(self, name: str, shape: tuple, ptr: int) -> np.ndarray:
         """The tensor ``name`` of ``shape`` at device address ``ptr`` (checked)."""
@@ -221,13 +452,13 @@ class FakeEngine:
         self.cuda.require(self.cuda.device, ptr, nbytes, f"tensor {name}")
         return np.frombuffer((ctypes.c_uint8 * nbytes).from_address(ptr), dtype=dtype).reshape(shape)
 
-    def output_shapes(self, shapes: dict[str, tuple], addresses: dict[str, int]) -> dict[str, tuple]:
-        """Output shapes for these input shapes. TensorRT derives them from the shapes alone; the
-        stand-in runs the graph once per input-shape combination on the bound inputs (some graphs
-        gather with data-dependent indices, which zeros would put out of range)."""
+    def output_shapes(self, shapes: dict[str, tuple]) -> dict[str, tuple]:
+        """Output shapes for these input shapes, from the shapes alone (as TensorRT derives them):
+        the graph run once per shape combination on random inputs of those shapes."""
         key = tuple(shapes[n] for n in self.input_names)
         if key not in self._shapes:
-            feeds = {n: self.view(n, shapes[n], addresses[n]).copy() for n in self.input_names}
+            rng = np.random.default_rng(0)
+            feeds = {n: rng.standard_normal(shapes[n]).astype(_NP[self.types[n]]) for n in self.input_names}
             self._shapes[key] = {n: a.shape for n, a in zip(self.output_names, self.session.run(None, feeds))}
         return self._shapes[key]
 
@@ -235,14 +466,27 @@ class FakeEngine:
 class FakeContext:
     def __init__(self, engine: FakeEngine):
         self.engine = engine
+        self.profile = 0
         self.shapes: dict[str, tuple] = {}
         self.addresses: dict[str, int] = {}
+        self.fail_enqueue_during_capture = False
+
+    def set_optimization_profile_async(self, index: int, stream_handle: int) -> bool:
+        if not 0 <= index < self.engine.num_optimization_profiles:
+            return False
+        self.engine.cuda.streams[int(stream_handle)]  # a real stream
+        self.profile = index
+        self.shapes.clear()
+        return True
 
     def set_input_shape(self, name: str, shape) -> bool:
         dims = self.engine.dims[name]
         shape = tuple(int(s) for s in shape)
         if len(shape) != len(dims) or any(d != -1 and d != s for d, s in zip(dims, shape)):
             return False
+        bounds = self.engine.profiles[self.profile].get(name)
+        if bounds is not None and any(s < lo or s > hi for s, lo, hi in zip(shape, bounds[0], bounds[2])):
+            return False  # outside the active profile
         self.shapes[name] = shape
         return True
 
@@ -253,13 +497,19 @@ class FakeContext:
     def get_tensor_shape(self, name: str) -> tuple:
         if name in self.engine.input_names:
             return self.shapes[name]
-        return self.engine.output_shapes(self.shapes, self.addresses)[name]
+        return self.engine.output_shapes(self.shapes)[name]
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         engine, cuda = self.engine, self.engine.cuda
         stream = cuda.streams[stream_handle]
+        sharing = [c for c in engine.contexts if c is not self and c.profile == self.profile]
+        if sharing:
+            raise AssertionError(f"two live execution contexts of one engine use optimisation profile {self.profile}")
+        if self.fail_enqueue_during_capture and stream.recording is not None:
+            stream.invalidated = True
+            raise RuntimeError("planted: enqueue failed during capture")
         shapes = {n: self.shapes[n] for n in engine.input_names}
-        outputs = engine.output_shapes(shapes, self.addresses)
+        outputs = engine.output_shapes(shapes)
         bound = dict(self.addresses)  # what the kernels are launched with (and a capture records)
         views = {name: engine.view(name, shape, bound[name])
                  for name, shape in list(shapes.items()) + list(outputs.items())}
@@ -276,11 +526,174 @@ class FakeContext:
         return True
 
 
+class FakeTimingCache:
+    def __init__(self, data: bytes):
+        self.entries: set[str] = set(json.loads(data.decode())) if data else set()
+
+    def serialize(self) -> bytes:
+        return json.dumps(sorted(self.entries)).encode()
+
+
+class FakeProfile:
+    def __init__(self):
+        self.shapes: dict[str, list[list[int]]] = {}
+
+    def set_shape(self, name, min, opt, max):  # noqa: A002 - TensorRT's names
+        lo, mid, hi = (list(map(int, s)) for s in (min, opt, max))
+        assert len(lo) == len(mid) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, mid, hi)), (name, lo, mid, hi)
+        self.shapes[name] = [lo, mid, hi]
+
+
+class FakeConfig:
+    def __init__(self, trt: "FakeTensorRT"):
+        self.trt = trt
+        self.flags = {trt.BuilderFlag.TF32}  # TensorRT's default: TF32 on
+        self.pools: dict = {}
+        self.profiles: list[FakeProfile] = []
+        self.cache: FakeTimingCache | None = None
+        self.hardware_compatibility_level = _HardwareCompatibilityLevel.NONE
+
+    def set_flag(self, flag):
+        self.flags.add(flag)
+
+    def clear_flag(self, flag):
+        self.flags.discard(flag)
+
+    def get_flag(self, flag) -> bool:
+        return flag in self.flags
+
+    def set_memory_pool_limit(self, pool, nbytes):
+        self.pools[pool] = nbytes
+
+    def add_optimization_profile(self, profile: FakeProfile) -> int:
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+    def create_timing_cache(self, data: bytes) -> FakeTimingCache:
+        return FakeTimingCache(bytes(data))
+
+    def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self) -> FakeTimingCache | None:
+        return self.cache
+
+
+class _ParserError:
+    def __init__(self, index: int, node: onnx.NodeProto, desc: str):
+        self._index, self._node, self._desc = index, node, desc
+
+    def desc(self):
+        return self._desc
+
+    def node(self):
+        return self._index
+
+    def node_name(self):
+        return self._node.name
+
+    def node_operator(self):
+        return self._node.op_type
+
+    def code(self):
+        return 8  # UNSUPPORTED_NODE
+
+
+class FakeNetwork:
+    def __init__(self, flags: int):
+        self.flags = flags
+        self.model: onnx.ModelProto | None = None
+        self.path = None
+
+    @property
+    def num_inputs(self) -> int:
+        return len(_io(self.model)[0])
+
+    def get_input(self, i: int):
+        names, _, dims, types_ = _io(self.model)
+        return types.SimpleNamespace(name=names[i], shape=tuple(dims[names[i]]), dtype=types_[names[i]])
+
+
+class FakeParser:
+    def __init__(self, trt: "FakeTensorRT", network: FakeNetwork):
+        self.trt, self.network, self.errors = trt, network, []
+
+    def parse_from_file(self, path: str) -> bool:
+        model = onnx.load(path)
+        for i, node in enumerate(model.graph.node):
+            if node.op_type in self.trt.unsupported_ops:
+                self.errors.append(_ParserError(i, node, f"No importer registered for op: {node.op_type}"))
+            elif node.domain == "sccan" and not self.trt.plugins:
+                self.errors.append(_ParserError(i, node, f"plugin {node.op_type} not found in the registry"))
+        self.network.model, self.network.path = model, path
+        return not self.errors
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
+
+    def get_error(self, i: int) -> _ParserError:
+        return self.errors[i]
+
+
+class FakeBuilder:
+    def __init__(self, trt: "FakeTensorRT", logger):
+        self.trt, self.logger = trt, logger
+
+    def create_network(self, flags: int = 0) -> FakeNetwork:
+        return FakeNetwork(flags)
+
+    def create_builder_config(self) -> FakeConfig:
+        return FakeConfig(self.trt)
+
+    def create_optimization_profile(self) -> FakeProfile:
+        return FakeProfile()
+
+    def build_serialized_network(self, network: FakeNetwork, config: FakeConfig):
+        trt = self.trt
+        name = network.path.rsplit("/", 1)[-1]
+        if trt.out_of_memory:
+            self.logger.log(_Severity.ERROR, "[virtualMemoryBuffer.cpp::resizePhysical] Error Code 2: OutOfMemory "
+                                             "(Requested size was 1073741824 bytes.)")
+            return None
+        inputs, _, dims, _ = _io(network.model)
+        dynamic = [n for n in inputs if -1 in dims[n]]
+        for profile in config.profiles:
+            missing = [n for n in dynamic if n not in profile.shapes]
+            if missing:
+                self.logger.log(_Severity.ERROR, f"{name}: no shapes in an optimization profile for {missing}")
+                return None
+        if dynamic and not config.profiles:
+            self.logger.log(_Severity.ERROR, f"{name}: dynamic inputs but no optimization profile")
+            return None
+        layers = {f"{name}:{n.name}" for n in network.model.graph.node}
+        hits = len(layers & config.cache.entries) if config.cache else 0
+        if config.cache is not None:
+            config.cache.entries |= layers
+        strongly_typed = trt.major >= 11 or bool(network.flags & (1 << int(_NetworkFlag.STRONGLY_TYPED)))
+        trt.builds.append({
+            "graph": name, "network_flags": network.flags, "strongly_typed": strongly_typed,
+            "builder_flags": sorted(f.name for f in config.flags), "tf32": trt.BuilderFlag.TF32 in config.flags,
+            "workspace": config.pools.get(_MemoryPoolType.WORKSPACE),
+            "hardware_compatibility": config.hardware_compatibility_level.name,
+            "profiles": [p.shapes for p in config.profiles], "timing_cache": config.cache is not None,
+            "cache_hits": hits, "layers": len(layers)})
+        model = network.model
+        if trt.tamper is not None:
+            model = trt.tamper(name, model)
+        return memoryview(make_plan(model, {"profiles": [p.shapes for p in config.profiles]}))
+
+
 class FakeTensorRT(types.ModuleType):
-    """The ``tensorrt`` module as far as the backend uses it."""
+    """The ``tensorrt`` module as far as the SDK and the engine build use it."""
 
     DataType = _DataType
     TensorIOMode = _TensorIOMode
+    NetworkDefinitionCreationFlag = _NetworkFlag
+    MemoryPoolType = _MemoryPoolType
+    HardwareCompatibilityLevel = _HardwareCompatibilityLevel
+    ILogger = _ILogger
 
     class Logger:
         WARNING = 2
@@ -290,10 +703,17 @@ class FakeTensorRT(types.ModuleType):
 
     def __init__(self, cuda: FakeCudaRuntime, version: str = "10.3.0"):
         super().__init__("tensorrt")
+        self.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # torch.export looks for it
         self.__version__ = version
+        self.major = int(version.split(".")[0])
+        self.BuilderFlag = _BuilderFlag11 if self.major >= 11 else _BuilderFlag10
         self.cuda = cuda
         self.engines: list[FakeEngine] = []
         self.plugins: list[str] = []
+        self.builds: list[dict] = []
+        self.unsupported_ops: set[str] = set()
+        self.out_of_memory = False
+        self.tamper = None  # (graph file name, model) -> model: plant a wrong engine
 
     @staticmethod
     def nptype(dtype: _DataType):
@@ -303,9 +723,22 @@ class FakeTensorRT(types.ModuleType):
         return True
 
     def get_plugin_registry(self):
-        return types.SimpleNamespace(load_library=self.plugins.append)
+        def load_library(path: str):
+            with open(path, "rb") as f:
+                if f.read(4) != b"\x7fELF":
+                    return None  # TensorRT logs and returns None
+            self.plugins.append(path)
+            return types.SimpleNamespace(path=path)
 
-    def Runtime(self, logger):  # noqa: N802 - TensorRT's name
+        return types.SimpleNamespace(load_library=load_library)
+
+    def Builder(self, logger):  # noqa: N802 - TensorRT's name
+        return FakeBuilder(self, logger)
+
+    def OnnxParser(self, network, logger):  # noqa: N802
+        return FakeParser(self, network)
+
+    def Runtime(self, logger):  # noqa: N802
         def deserialize_cuda_engine(data: bytes):
             try:
                 engine = FakeEngine(bytes(data), self.cuda)
@@ -315,3 +748,17 @@ class FakeTensorRT(types.ModuleType):
             return engine
 
         return types.SimpleNamespace(deserialize_cuda_engine=deserialize_cuda_engine)
+
+
+def install(monkeypatch, cuda: FakeCudaRuntime | None, trt: FakeTensorRT | None, pycuda: FakePycuda | None = None):
+    """Make ``import tensorrt``, cuda-python's runtime and ``pycuda.driver`` (each when given) the
+    stand-ins for the SDK and the engine build."""
+    import sys
+
+    import sccan.sdk.info as info
+    import sccan.sdk.tensorrt_backend as backend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)  # None: `import tensorrt` raises ImportError
+    for module in (info, backend):
+        monkeypatch.setattr(module, "cuda_runtime_module", lambda: cuda)
+        monkeypatch.setattr(module, "pycuda_driver", lambda: pycuda)

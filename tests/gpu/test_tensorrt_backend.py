@@ -15,35 +15,40 @@ devices, why = cuda_devices()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not devices, reason=f"no CUDA device: {why}")]
 
 
-@pytest.fixture
-def bundle(tmp_path):
-    import torch
-
-    from conftest import SMALL
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """The shipped synthetic EfficientNet-Lite0 model at 129: a trained model whose probabilities
+    spread, so a constant or shifted engine fails the comparisons."""
+    from sccan.export.demo import DEMO_CHECKPOINT
     from sccan.export.exporter import export_bundle
-    from sccan.train.model import build_model
 
-    torch.manual_seed(0)
-    return export_bundle(build_model("resnet50", **SMALL), tmp_path / "b", size=65, max_shots=2, max_classes=2,
-                         check_episodes=1, progress=False).bundle
+    return export_bundle(DEMO_CHECKPOINT, tmp_path_factory.mktemp("gpu") / "b", size=129, max_shots=2,
+                         max_classes=2, check_episodes=2, progress=False).bundle
 
 
-def test_bundle_without_engines_is_reported(bundle):
+@pytest.fixture
+def fresh(bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+def test_bundle_without_engines_is_reported(fresh):
     from sccan.sdk.bundle import load_bundle
     from sccan.sdk.tensorrt_backend import tensorrt_unavailable
 
-    why = tensorrt_unavailable(load_bundle(bundle))
+    why = tensorrt_unavailable(load_bundle(fresh))
     assert why is not None and "no fp16 TensorRT engines" in why
 
 
-def test_preflight_names_both_sides_of_a_mismatch(bundle, tmp_path):
+def test_preflight_names_both_sides_of_a_mismatch(fresh, tmp_path):
     from sccan.sdk import Segmenter
-    from sccan.sdk.bundle import MANIFEST, load_bundle
+    from sccan.sdk.bundle import load_bundle
     from sccan.sdk.errors import BundleMismatchError
     from sccan.sdk.tensorrt_backend import preflight
 
     copy = tmp_path / "copy"
-    shutil.copytree(bundle, copy)
+    shutil.copytree(fresh, copy)
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["engines"] = {"fp16": {g: {"file": f"{g}.engine", "tensorrt": "0.0.0", "compute_capability": "1.0"}
                                     for g in ("backbone", "support_encoder", "query_decoder")}}
@@ -53,42 +58,6 @@ def test_preflight_names_both_sides_of_a_mismatch(bundle, tmp_path):
     assert any("compute capability 1.0" in p for p in problems)
     with pytest.raises(BundleMismatchError, match="TensorRT 0.0.0"):
         Segmenter(load_bundle(copy, verify=False), backend="tensorrt")
-
-
-def _build_engines(bundle_path, precision: str) -> None:
-    """Build the bundle's engines with TensorRT's ONNX parser (min 1, opt = max = the bundle's
-    limits on every dynamic dimension) and list them in the manifest, as ``sccan build`` will."""
-    from sccan.sdk.bundle import GRAPHS, sha256_file
-    from sccan.sdk.info import cuda_devices
-
-    manifest = json.loads((bundle_path / MANIFEST).read_text())
-    limits = {"classes": manifest["max_classes"], "slots": manifest["max_shots"], "shots": manifest["max_shots"]}
-    logger = trt.Logger(trt.Logger.WARNING)
-    manifest.setdefault("engines", {})[precision] = {}
-    for graph in GRAPHS:
-        spec = manifest["graphs"][graph][precision]
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)
-        parser = trt.OnnxParser(network, logger)
-        assert parser.parse_from_file(str(bundle_path / spec["file"])), \
-            [parser.get_error(i).desc() for i in range(parser.num_errors)]
-        config = builder.create_builder_config()
-        profile = builder.create_optimization_profile()
-        for tensor in spec["inputs"]:
-            low = [1 if isinstance(d, str) else d for d in tensor["shape"]]
-            high = [limits.get(d, manifest["max_shots"]) if isinstance(d, str) else d for d in tensor["shape"]]
-            profile.set_shape(tensor["name"], low, high, high)
-        config.add_optimization_profile(profile)
-        if precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        serialized = builder.build_serialized_network(network, config)
-        assert serialized is not None, f"TensorRT could not build {graph}"
-        name = f"{graph}.{precision}.engine"
-        (bundle_path / name).write_bytes(bytes(serialized))
-        manifest["engines"][precision][graph] = {"file": name, "tensorrt": trt.__version__,
-                                                 "compute_capability": cuda_devices()[0][0]["compute_capability"]}
-        manifest["files"][name] = sha256_file(bundle_path / name)
-    write_manifest(bundle_path, manifest)
 
 
 def _scene(seed: int):
@@ -102,27 +71,51 @@ def _scene(seed: int):
 
 
 @pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-3), ("fp16", 0.02)])
-def test_engines_match_onnxruntime(bundle, precision, tolerance):
+def test_sccan_build_engines_match_onnxruntime(fresh, tmp_path, precision, tolerance):
+    """``sccan build`` (strongly typed, two profiles, timing cache, its own gate), then the
+    Segmenter on the engines against ONNX Runtime: plain, CUDA graphs with two decoder batches
+    (three classes, max_classes 2), and a clone in a second thread on the second profile."""
+    import threading
+
     import numpy as np
 
+    from sccan.export.engines import BuildOptions, build_engines
     from sccan.sdk import Segmenter
+    from sccan.sdk.info import cuda_binding
 
-    _build_engines(bundle, precision)
-    reference = Segmenter(bundle, backend="onnxruntime", precision="fp32")
-    engines = Segmenter(bundle, backend="tensorrt", precision=precision)
-    from sccan.sdk.info import cuda_runtime_module
-
+    result = build_engines(fresh, BuildOptions(precisions=(precision,), timing_cache=tmp_path / "cache"),
+                           progress=False)
+    gate = result.gates[precision]
+    print(f"\n{precision} build: {result.summary()}stage diffs: {gate.stage_diffs}")
+    assert gate.ok and gate.profiles_checked == 2
+    reference = Segmenter(fresh, backend="onnxruntime", precision="fp32")
+    engines = Segmenter(fresh, backend="tensorrt", precision=precision)
     # CUDA-graph capture needs cuda-python; with pycuda alone the plain path is what runs
-    graphs = Segmenter(bundle, backend="tensorrt", precision=precision, cuda_graph=True) \
-        if cuda_runtime_module() is not None else engines
-    for seg in dict.fromkeys((reference, engines, graphs)):
+    graphs = Segmenter(fresh, backend="tensorrt", precision=precision, cuda_graph=True) \
+        if cuda_binding() == "cuda-python" else None
+    spread = []
+    for seg in [s for s in (reference, engines, graphs) if s is not None]:
         for i, name in enumerate("abc"):
             image, mask = _scene(i)
             seg.add_class(name, [image], [mask])
-    for seed in (10, 11, 10):
-        frame = _scene(seed)[0]
-        want = reference.segment(frame)
-        for seg in dict.fromkeys((engines, graphs)):
+    clone = engines.clone()
+    frames = [_scene(seed)[0] for seed in (10, 11, 10, 12)]
+    wants = [reference.segment(f) for f in frames]
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(r=[clone.segment(f) for f in frames]))
+    worker.start()
+    for frame, want in zip(frames, wants):
+        for seg in [s for s in (engines, graphs) if s is not None]:
             got = seg.segment(frame)
             for name in "abc":
                 assert np.abs(got.probabilities[name] - want.probabilities[name]).max() <= tolerance, (precision, name)
+                spread.append(float(want.probabilities[name].std()))
+    worker.join()
+    for got, want in zip(out["r"], wants):
+        for name in "abc":
+            assert np.abs(got.probabilities[name] - want.probabilities[name]).max() <= tolerance
+    assert np.mean(spread) > 0.05, "the model's probabilities do not spread: a constant engine would pass"
+    # rebuilt from the timing cache
+    again = build_engines(fresh, BuildOptions(precisions=(precision,), timing_cache=tmp_path / "cache", force=True),
+                          progress=False)
+    assert all(r["timing_cache_reused"] for r in again.built[precision].values())
