@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .engines import DEFAULT_CONTEXTS, BuildOptions, build_engines, check_build
+from .engines import DEFAULT_CONTEXTS, PATCH_ALIGN_CHOICES, BuildOptions, build_engines, check_build
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:
@@ -15,7 +15,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
                         timing_cache=Path(args.timing_cache) if args.timing_cache else None, force=args.force,
                         hardware_compatible=args.hardware_compatible,
                         plugin_library=Path(args.plugin_library) if args.plugin_library else None,
-                        device=args.device)
+                        device=args.device, patch_align=args.patch_align)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="engines that run on any Ampere or newer GPU (slower; not for Jetson)")
     p.add_argument("--plugin-library", metavar="SO", default=None,
                    help="libsccan_trt_plugin.so for bundles exported with --patch-align plugin")
+    p.add_argument("--patch-align", default="auto", choices=PATCH_ALIGN_CHOICES,
+                   help="auto (default): the standard-op decoder, falling back to the plugin variant (bundles "
+                        "exported with --patch-align both) when TensorRT's parser rejects it or it fails the gate; "
+                        "or force standard-ops or plugin")
     p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     p.add_argument("--force", action="store_true", help="rebuild engines that are already built for this system")
     p.add_argument("--check", action="store_true", help="preflight only: what would be built, what is usable here")

@@ -33,9 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-classes", type=int, default=8, help="most classes per decode (default 8)")
     p.add_argument("--check-episodes", type=int, default=2, help="parity-gate episodes (default 2)")
     p.add_argument("--no-fp16", action="store_true", help="skip the FP16 graphs")
-    p.add_argument("--patch-align", default="standard-ops", choices=("standard-ops", "plugin"),
-                   help="patch alignment as standard ONNX ops (default) or as one SccanPatchAlign node per block "
-                        "(TensorRT: libsccan_trt_plugin.so; ONNX Runtime: onnxruntime-extensions)")
+    p.add_argument("--patch-align", default="standard-ops", choices=("standard-ops", "plugin", "both"),
+                   help="patch alignment as standard ONNX ops (default), as one SccanPatchAlign node per block "
+                        "(TensorRT: libsccan_trt_plugin.so; ONNX Runtime: onnxruntime-extensions), or both: "
+                        "standard graphs plus a plugin decoder that `sccan build` falls back to")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--check", metavar="BUNDLE", help="verify an existing bundle instead of exporting")
     p.set_defaults(func=run)

@@ -77,6 +77,7 @@ class BuildOptions:
     hardware_compatible: bool = False
     plugin_library: Path | None = None
     device: int = 0
+    patch_align: str = "auto"
 
 
 @dataclass
@@ -121,6 +122,10 @@ class BuildResult:
             else:
                 figures = (f"probabilities {g.max_probability_diff:.4f} (limit {FP16_PROB_TOLERANCE}), masks agree "
                            f"{100 * g.min_mask_agreement:.2f}% (limit {100 * FP16_MASK_AGREEMENT:.1f}%)")
+            decoder = graphs["query_decoder"]
+            if decoder.get("patch_align") == "plugin":
+                lines.append(f"{precision} decoder uses the patch-alignment plugin"
+                             + (f" ({decoder['patch_align_reason']})" if decoder.get("patch_align_reason") else ""))
             lines.append(f"{precision} gate against the FP32 graphs in ONNX Runtime ({g.episodes} episodes, "
                          f"{g.profiles_checked} profiles): {figures}: PASSED")
         lines += [f"skipped: {s}" for s in self.skipped]
@@ -272,7 +277,8 @@ def build_plan(trt: Any, graph_path: Path, precision: str, shapes: dict[str, tup
             node = getattr(error, "node_name", lambda: "")() or f"node #{error.node()}"
             op = getattr(error, "node_operator", lambda: "")()
             problems.append(f"{node}{f' ({op})' if op else ''}: {error.desc()}")
-        raise BuildError(f"TensorRT's ONNX parser rejected {graph_path.name}: " + "; ".join(problems or ["no detail"]))
+        raise ParserRejection(f"TensorRT's ONNX parser rejected {graph_path.name}: "
+                              + "; ".join(problems or ["no detail"]))
     config = builder.create_builder_config()
     if options.workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
@@ -447,27 +453,51 @@ def check_build(bundle_path: str | os.PathLike, options: BuildOptions | None = N
     return "\n".join(lines) + "\n"
 
 
-def _plugin_library(bundle: Bundle, options: BuildOptions) -> Path | None:
-    if bundle.manifest.get("patch_align") != "plugin":
-        return None
+PATCH_ALIGN_CHOICES = ("auto", "standard-ops", "plugin")
+
+
+class ParserRejection(BuildError):
+    """TensorRT's ONNX parser rejected a graph (the message names the nodes)."""
+
+
+def _find_plugin_library(bundle: Bundle, options: BuildOptions, why: str) -> Path:
     candidates = [options.plugin_library] if options.plugin_library else \
         [bundle.path / PLUGIN_LIBRARY, Path("build") / PLUGIN_LIBRARY]
     for path in candidates:
         if path and Path(path).is_file():
             return Path(path)
-    raise BuildError(f"the bundle uses the patch-alignment plugin: build it (`cmake -S . -B build "
+    raise BuildError(f"{why}; that needs the patch-alignment plugin library: build it (`cmake -S . -B build "
                      f"-DTensorRT_ROOT=... && cmake --build build`) and pass --plugin-library "
                      f"build/{PLUGIN_LIBRARY}")
 
 
+@dataclass
+class _Plan:
+    """What one precision's build is doing: the patch-alignment mode and why, the plans made."""
+
+    mode: str
+    reason: str | None = None
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    temporary: list[Path] = field(default_factory=list)
+
+
 def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None = None, progress: bool = True,
                   log: Callable[[str], None] = print) -> BuildResult:
-    """Build, gate and record the bundle's engines; see the module docstring."""
+    """Build, gate and record the bundle's engines; see the module docstring.
+
+    Patch alignment (``options.patch_align``): ``"standard-ops"`` builds the bundle's graphs;
+    ``"plugin"`` builds the decoder with the plugin node (a bundle exported with ``--patch-align
+    plugin``, or the plugin variant of one exported with ``both``); ``"auto"`` (default) builds the
+    standard decoder and falls back to the plugin variant when TensorRT's parser rejects it or it
+    fails the gate. The manifest records the mode, the reason and the plugin library's sha256.
+    """
     from sccan.sdk.tensorrt_backend import load_plugin_library, preflight
 
     options = options or BuildOptions()
     if options.contexts < 1:
         raise BuildError(f"--contexts must be at least 1, got {options.contexts}")
+    if options.patch_align not in PATCH_ALIGN_CHOICES:
+        raise BuildError(f"--patch-align must be one of {PATCH_ALIGN_CHOICES}, got {options.patch_align!r}")
     bundle = load_bundle(bundle_path)
     manifest = bundle.manifest
     graph_max = int(manifest["max_classes"])
@@ -481,20 +511,31 @@ def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None =
             raise BuildError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision not in manifest["graphs"]["backbone"]:
             raise BuildError(f"the bundle has no {precision} graphs (export it without --no-fp16)")
+    exported = manifest.get("patch_align", "standard-ops")
+    variant = manifest.get("plugin_variant") or {}
+    if exported == "plugin" and options.patch_align == "standard-ops":
+        raise BuildError("this bundle was exported with --patch-align plugin: it has no standard-op decoder")
+    if exported != "plugin" and options.patch_align == "plugin" and not variant:
+        raise BuildError("this bundle has no plugin decoder: export it with --patch-align plugin or both")
     trt, facts = build_environment(options.device)
     target = target_name(facts, options.hardware_compatible)
-    plugin = _plugin_library(bundle, options)
-    Logger = _logger_class(trt)
-    logger = Logger()
+    logger = _logger_class(trt)()
     trt.init_libnvinfer_plugins(logger, "")
-    plugin_record = None
-    if plugin is not None:
-        if plugin.resolve() != (bundle.path / PLUGIN_LIBRARY).resolve():
-            tmp = bundle.path / f".{PLUGIN_LIBRARY}.tmp-{os.getpid()}"
-            shutil.copyfile(plugin, tmp)
-            os.replace(tmp, bundle.path / PLUGIN_LIBRARY)
-        load_plugin_library(trt, bundle.path / PLUGIN_LIBRARY)
-        plugin_record = {"file": PLUGIN_LIBRARY, "sha256": sha256_file(bundle.path / PLUGIN_LIBRARY)}
+    plugin_record: dict[str, str] | None = None
+
+    def plugin(why: str) -> dict[str, str]:
+        """Put the plugin library in the bundle (once), load it, and return its record."""
+        nonlocal plugin_record
+        if plugin_record is None:
+            library = _find_plugin_library(bundle, options, why)
+            if library.resolve() != (bundle.path / PLUGIN_LIBRARY).resolve():
+                tmp = bundle.path / f".{PLUGIN_LIBRARY}.tmp-{os.getpid()}"
+                shutil.copyfile(library, tmp)
+                os.replace(tmp, bundle.path / PLUGIN_LIBRARY)
+            load_plugin_library(trt, bundle.path / PLUGIN_LIBRARY)
+            plugin_record = {"file": PLUGIN_LIBRARY, "sha256": sha256_file(bundle.path / PLUGIN_LIBRARY)}
+        return plugin_record
+
     ranges = dimension_ranges(manifest, max_classes, options.opt_classes)
     cache_dir = options.timing_cache or default_timing_cache_dir()
     built: dict[str, dict[str, Any]] = {}
@@ -507,64 +548,100 @@ def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None =
             continue
         timing = TimingCache(cache_dir, facts, precision, options.hardware_compatible)
         cache = timing.create(trt, logger)
-        records: dict[str, dict[str, Any]] = {}
-        temporary: list[Path] = []
+        plan = _Plan("plugin" if exported == "plugin" or options.patch_align == "plugin" else "standard-ops")
+
+        def source(graph: str) -> tuple[Path, str]:
+            """The graph file for ``graph`` in the current mode, and the plan's stem."""
+            if graph == "query_decoder" and plan.mode == "plugin" and exported != "plugin":
+                return bundle.path / variant["query_decoder"][precision]["file"], "query_decoder.plugin"
+            return bundle.graph_path(graph, precision), graph
+
+        def build_one(graph: str) -> None:
+            path, stem = source(graph)
+            uses_plugin = plan.mode == "plugin" and graph == "query_decoder"
+            library = plugin(f"the {precision} decoder uses the plugin node") if uses_plugin else None
+            start = time.perf_counter()
+            data, flags = build_plan(trt, path, precision, profile_shapes(path, ranges), options, cache, logger)
+            seconds = time.perf_counter() - start
+            name = f"{stem}.{precision}.{target}.plan"
+            tmp = bundle.path / f".{name}.tmp-{os.getpid()}"
+            tmp.write_bytes(data)
+            plan.temporary.append(tmp)
+            plan.records[graph] = {
+                "file": tmp.name, "final_file": name, "sha256": sha256_file(tmp), "source": path.name,
+                "tensorrt": facts["tensorrt"], "gpu": facts["gpu"],
+                "compute_capability": facts["compute_capability"], "cuda_runtime": facts["cuda_runtime"],
+                "cuda_driver": facts["cuda_driver"], "l4t": facts["l4t"],
+                "hardware_compatible": options.hardware_compatible, "plugin_library": library,
+                "patch_align": plan.mode if graph == "query_decoder" else None,
+                "flags": flags, "contexts": options.contexts,
+                "profiles": {k: [list(v) for v in vs] for k, vs in profile_shapes(path, ranges).items()},
+                "max_classes": max_classes if graph == "query_decoder" else None,
+                "timing_cache": timing.path.name, "timing_cache_reused": timing.reused,
+                "build_seconds": round(seconds, 2),
+            }
+
+        def fall_back(why: str) -> bool:
+            """Switch the decoder to the plugin variant (auto mode), or say it cannot."""
+            if options.patch_align != "auto" or plan.mode == "plugin":
+                return False
+            if not variant:
+                raise BuildError(f"{why}. The plugin fallback needs a plugin decoder in the bundle: export it "
+                                 "with --patch-align both")
+            plan.mode, plan.reason = "plugin", why
+            log(f"sccan build: {why}; falling back to the patch-alignment plugin for the {precision} decoder")
+            return True
+
+        def gate_now() -> GateReport:
+            candidate = dict(manifest)
+            candidate["engines"] = {**manifest.get("engines", {}), precision: plan.records}
+            return run_gate(Bundle(bundle.path, candidate), precision, options.device)
+
         try:
             bar = tqdm(GRAPHS, desc=f"build {precision}", unit="engine", disable=not progress)
             for graph in bar:
                 bar.set_postfix_str(graph)
-                source = bundle.graph_path(graph, precision)
-                shapes = profile_shapes(source, ranges)
-                start = time.perf_counter()
-                plan, flags = build_plan(trt, source, precision, shapes, options, cache, logger)
-                seconds = time.perf_counter() - start
-                name = f"{graph}.{precision}.{target}.plan"
-                tmp = bundle.path / f".{name}.tmp-{os.getpid()}"
-                tmp.write_bytes(plan)
-                temporary.append(tmp)
-                records[graph] = {
-                    "file": tmp.name, "final_file": name, "sha256": sha256_file(tmp), "source": source.name,
-                    "tensorrt": facts["tensorrt"], "gpu": facts["gpu"],
-                    "compute_capability": facts["compute_capability"], "cuda_runtime": facts["cuda_runtime"],
-                    "cuda_driver": facts["cuda_driver"], "l4t": facts["l4t"],
-                    "hardware_compatible": options.hardware_compatible, "plugin_library": plugin_record,
-                    "flags": flags, "contexts": options.contexts,
-                    "profiles": {k: [list(s) for s in v] for k, v in shapes.items()},
-                    "max_classes": max_classes if graph == "query_decoder" else None,
-                    "timing_cache": timing.path.name, "timing_cache_reused": timing.reused,
-                    "build_seconds": round(seconds, 2),
-                }
+                try:
+                    build_one(graph)
+                except ParserRejection as exc:
+                    if graph != "query_decoder" or not fall_back(str(exc)):
+                        raise
+                    build_one(graph)
             bar.close()
+            gate = gate_now()
+            if not gate.ok and fall_back(f"the standard-op {precision} decoder failed the gate: "
+                                         + "; ".join(gate.failures)):
+                build_one("query_decoder")
+                gate = gate_now()
             timing.save(cache)
-            candidate = dict(manifest)
-            candidate["engines"] = {**manifest.get("engines", {}), precision: records}
-            gate = run_gate(Bundle(bundle.path, candidate), precision, options.device)
             gates[precision] = gate
             if not gate.ok:
                 where = f"; first diverging output: {gate.first_divergence}" if gate.first_divergence else ""
                 raise BuildError(f"{precision} engines failed the gate: " + "; ".join(gate.failures) + where
                                  + ". The bundle's previous engines are unchanged.")
+            records = plan.records
             for record in records.values():  # the gate passed: the plans take their names
                 final = record.pop("final_file")
                 os.replace(bundle.path / record["file"], bundle.path / final)
                 record["file"] = final
-            temporary.clear()
+            records["query_decoder"]["patch_align_reason"] = plan.reason
+            plan.temporary.clear()
             old = {e["file"] for e in manifest.get("engines", {}).get(precision, {}).values()}
             manifest.setdefault("engines", {})[precision] = records
             manifest.setdefault("engine_gates", {})[precision] = gate.to_dict()
             manifest["files"] = {k: v for k, v in manifest["files"].items() if k not in old}
             manifest["files"].update({r["file"]: r["sha256"] for r in records.values()})
-            if plugin_record:
+            if plugin_record and any(r["plugin_library"] for r in records.values()):
                 manifest["files"][PLUGIN_LIBRARY] = plugin_record["sha256"]
             write_manifest(bundle.path, manifest)
             for name in old - {r["file"] for r in records.values()}:
                 (bundle.path / name).unlink(missing_ok=True)
             built[precision] = records
         finally:
-            for tmp in temporary:
+            for tmp in plan.temporary:
                 tmp.unlink(missing_ok=True)
     return BuildResult(bundle.path, built, gates, skipped)
 
 
-__all__ = ["BuildOptions", "BuildResult", "BuildError", "GateReport", "build_engines", "check_build", "run_gate",
+__all__ = ["BuildOptions", "BuildResult", "BuildError", "ParserRejection", "PATCH_ALIGN_CHOICES", "GateReport", "build_engines", "check_build", "run_gate",
            "build_plan", "profile_shapes", "dimension_ranges", "install_hint", "target_name"]

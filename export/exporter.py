@@ -38,7 +38,8 @@ from sccan.train.model import SCCAN
 
 from .fp16 import FP32_ISLAND_CLASSES, convert_to_fp16, fp32_island_nodes, island_summary
 from .graphs import OPSET, PATCH_ALIGN_MODES, GraphSpec, export_graph, graph_specs
-from .episodes import CHECK_FILE
+from .episodes import CHECK_FILE, GraphSessions, run_episode
+from .episodes import check_episodes as check_episodes_
 from .parity import run_parity_gate
 from .tensorrt_ops import check_model, op_counts, parameter_count
 
@@ -176,11 +177,12 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
     specs = graph_specs(folded, size, max_shots)
     limits = {"images": max_shots, "shots": max_shots, "slots": max_shots, "classes": max_classes}
     graphs: dict[str, dict[str, Any]] = {}
-    problems = []
     precisions = ("fp32", "fp16") if fp16 else ("fp32",)
-    steps = tqdm(total=len(specs) * len(precisions) + 2, desc="export", unit="step", disable=not progress)
-    for spec in specs:
-        raw = export_graph(spec, work / graph_file(spec.name, "fp32"), limits, patch_align)
+    extra = len(precisions) if patch_align == "both" else 0
+    steps = tqdm(total=len(specs) * len(precisions) + extra + 2, desc="export", unit="step", disable=not progress)
+    def export_one(spec: GraphSpec, mode: str, name: str) -> dict[str, Any]:
+        """Export, sanitise, FP16-convert and TensorRT-check one graph as ``name``(.fp16).onnx."""
+        raw = export_graph(spec, work / f"{name}.onnx", limits, mode)
         islands = fp32_island_nodes(raw, tuple(f"backbone.{s}" for s in folded.backbone.fp32_scopes()))
         # Plugin nodes stay FP32 in the FP16 graphs (ONNX Runtime's op is float32; TensorRT's plugin
         # takes either, and its arithmetic is float32 anyway).
@@ -189,26 +191,37 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
         clean = _sanitize(raw)
         kept = {n.name for n in clean.graph.node}
         islands = [n for n in islands if n in kept]
-        onnx.save_model(clean, str(work / graph_file(spec.name, "fp32")))
-        graphs[spec.name] = {}
+        onnx.save_model(clean, str(work / f"{name}.onnx"))
+        entry: dict[str, Any] = {}
         variants = {"fp32": clean}
         steps.update()
         if fp16:
             variants["fp16"] = convert_to_fp16(clean, islands)
-            onnx.save_model(variants["fp16"], str(work / graph_file(spec.name, "fp16")))
+            onnx.save_model(variants["fp16"], str(work / f"{name}.fp16.onnx"))
             steps.update()
+        problems = []
         for precision, m in variants.items():
             trt = {target: [str(p) for p in check_model(m, target)] for target in ("10.3", "11.x")}
-            problems += [f"{spec.name} ({precision}, TensorRT {t}): {p}" for t, ps in trt.items() for p in ps]
-            graphs[spec.name][precision] = {
-                "file": graph_file(spec.name, precision), **_io(m), "nodes": len(m.graph.node),
-                "op_counts": op_counts(m), "parameters": parameter_count(m), "tensorrt_problems": trt,
+            problems += [f"{name} ({precision}, TensorRT {t}): {p}" for t, ps in trt.items() for p in ps]
+            entry[precision] = {
+                "file": f"{name}.onnx" if precision == "fp32" else f"{name}.fp16.onnx", **_io(m),
+                "nodes": len(m.graph.node), "op_counts": op_counts(m), "parameters": parameter_count(m),
+                "tensorrt_problems": trt,
             }
         if problems:  # fail on the first graph with problems, before exporting the others
             raise ExportError("TensorRT compatibility check failed:\n  " + "\n  ".join(problems[:20]))
         if fp16:
-            graphs[spec.name]["fp16"]["fp32_island_nodes"] = len(islands)
-            graphs[spec.name]["fp16"]["fp32_islands"] = summary
+            entry["fp16"]["fp32_island_nodes"] = len(islands)
+            entry["fp16"]["fp32_islands"] = summary
+        return entry
+
+    graph_mode = "standard-ops" if patch_align == "both" else patch_align
+    for spec in specs:
+        graphs[spec.name] = export_one(spec, graph_mode, graph_file(spec.name, "fp32").removesuffix(".onnx"))
+    plugin_variant = None
+    if patch_align == "both":  # the decoder again, with the plugin node: sccan build's fallback
+        decoder = next(s for s in specs if s.name == "query_decoder")
+        plugin_variant = {"query_decoder": export_one(decoder, "plugin", PLUGIN_VARIANT_STEM)}
 
     steps.set_description("cost")
     cost = _costs(specs, max_shots)
@@ -218,6 +231,12 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
     paths16 = {g: work / graph_file(g, "fp16") for g in GRAPHS} if fp16 else None
     reference: dict[str, np.ndarray] = {}
     parity = run_parity_gate(model, paths32, size, max_shots, check_episodes, paths16, reference=reference)
+    if plugin_variant is not None:
+        plugin_variant["parity"] = plugin_variant_parity(paths32, work / plugin_variant["query_decoder"]["fp32"]["file"],
+                                                         size, max_shots, check_episodes)
+        if not plugin_variant["parity"]["ok"]:
+            parity.failures.append(f"the plugin variant of the decoder differs from the standard one: "
+                                   f"{plugin_variant['parity']}")
     np.savez_compressed(work / CHECK_FILE, **reference)
     steps.update()
     steps.close()
@@ -229,10 +248,11 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
         "input_size": size, "max_shots": max_shots, "max_classes": max_classes,
         "normalization": {"color": "rgb", "scale": "0..255", "mean": list(model.mean), "std": list(model.std)},
         "resize_rule": RESIZE_RULE, "opset": OPSET, "patch_align": patch_align,
+        "plugin_variant": plugin_variant,
         "patch_align_plugin": ({"op": PLUGIN_OP, "domain": PLUGIN_DOMAIN, "plugin_namespace": PLUGIN_NAMESPACE,
                                 "plugin_version": PLUGIN_VERSION, "onnxruntime": "onnxruntime-extensions Python op "
                                 "(sccan.sdk.patch_align_op)", "tensorrt": "libsccan_trt_plugin.so (CMake)"}
-                               if patch_align == "plugin" else None),
+                               if patch_align in ("plugin", "both") else None),
         "support_layout": model.support_layout(max_shots).to_dict(),
         "precision_plan": {
             "fp32": "all FP32",
@@ -256,6 +276,28 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
     if not parity.ok:
         raise ExportError("parity gate failed:\n  " + "\n  ".join(parity.failures) + "\n\n" + report)
     return manifest
+
+
+PLUGIN_VARIANT_STEM = "query_decoder.plugin"
+PLUGIN_VARIANT_TOLERANCE = 1e-5
+
+
+def plugin_variant_parity(paths32: dict[str, Path], plugin_decoder: Path, size: int, max_shots: int,
+                          episodes: int) -> dict[str, Any]:
+    """The plugin decoder against the standard one in ONNX Runtime on the check episodes: identical
+    alignment indices and logits within 1e-5 x max|logit| (the semantics are the same)."""
+    standard = GraphSessions(paths32)
+    plugin = GraphSessions({**paths32, "query_decoder": plugin_decoder})
+    worst, mismatches, checked = 0.0, 0, 0
+    for episode in check_episodes_(episodes, size, max_shots):
+        want_logits, want_index = run_episode(standard, episode)
+        got_logits, got_index = run_episode(plugin, episode)
+        worst = max(worst, float(np.abs(got_logits - want_logits).max()) / (float(np.abs(want_logits).max()) or 1.0))
+        for got, want in zip(got_index, want_index):
+            checked += want.size
+            mismatches += int((got.astype(np.int64) != want.astype(np.int64)).sum())
+    return {"max_relative_logit_diff": worst, "indices_checked": checked, "index_mismatches": mismatches,
+            "ok": worst <= PLUGIN_VARIANT_TOLERANCE and mismatches == 0}
 
 
 def format_report(manifest: dict[str, Any]) -> str:
@@ -294,6 +336,13 @@ def format_report(manifest: dict[str, Any]) -> str:
                      f"{100 * p['fp16_min_mask_agreement']:.2f}% (limit 99.5%); {stored} stored FP16 tensors, "
                      f"{'inf/NaN in ' + ', '.join(bad) if bad else 'none inf/NaN'}, largest |x| "
                      f"{peak['max_abs']:.1f}")
+    variant = manifest.get("plugin_variant")
+    if variant:
+        v = variant["parity"]
+        lines.append(f"Plugin variant of the decoder (query_decoder.plugin.onnx, sccan build's fallback) vs the "
+                     f"standard one in ONNX Runtime: max |logit diff| / max|logit| = "
+                     f"{v['max_relative_logit_diff']:.2e} (limit 1e-5), {v['index_mismatches']} of "
+                     f"{v['indices_checked']} alignment indices differ")
     lines.append(f"Parity gate: {'PASSED' if p['ok'] else 'FAILED: ' + '; '.join(p['failures'])}")
     return "\n".join(lines) + "\n"
 

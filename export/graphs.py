@@ -32,8 +32,10 @@ from sccan.train.model.ops import resize
 #: arithmetic (the Gelu op is opset 20) and LayerNormalization as one op (opset 17).
 OPSET = 18
 #: The patch-alignment lowering. "standard-ops": reshape/mean windows, MatMul cosine, explicit
-#: first-index argmax, GatherElements. A TensorRT-plugin variant is a separate value of this switch.
-PATCH_ALIGN_MODES = ("standard-ops", "plugin")
+#: first-index argmax, GatherElements. "plugin": one SccanPatchAlign node per block. "both": the
+#: standard graphs plus the decoder with plugin nodes (``query_decoder.plugin.onnx``), for
+#: ``sccan build --patch-align auto`` to fall back to.
+PATCH_ALIGN_MODES = ("standard-ops", "plugin", "both")
 # The per-shot support tensors (SLOT_FIELDS) have a dynamic slot dimension in the decoder: the
 # prior costs ~60 GFLOPs per slot at 473, so a runtime passes only as many slots as the batch uses.
 

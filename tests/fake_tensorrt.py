@@ -39,7 +39,8 @@ import weakref
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+from sccan.sdk.patch_align_op import ort_session
 
 PLAN_MAGIC = b"FAKEPLAN"
 
@@ -412,7 +413,8 @@ class FakeEngine:
     def __init__(self, data: bytes, cuda: FakeCudaRuntime):
         self.header, graph = read_plan(data)
         model = onnx.load_from_string(graph)
-        self.session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        # the SDK's session maker: it runs the patch-alignment plugin node too (onnxruntime-extensions)
+        self.session = ort_session(model, providers=["CPUExecutionProvider"])
         self.cuda = cuda
         self.input_names, self.output_names, self.dims, self.types = _io(model)
         self.profiles = self.header["profiles"]  # [{input: [min, opt, max]}]
