@@ -26,6 +26,7 @@ import json
 import os
 import threading
 import time
+from typing import Any
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,8 +300,9 @@ class Segmenter:
             del self._shots[name]
             self._resident.clear()
 
-    def save_support(self, path: str | os.PathLike) -> Path:
-        """Write every registered class's support features to an ``.npz`` (no pickle), atomically.
+    def save_support(self, path: str | os.PathLike, classes: Sequence[str] | None = None) -> Path:
+        """Write the registered classes' support features (all, or ``classes``) to an ``.npz`` (no
+        pickle), atomically.
 
         The file records the support encoder's sha256, the precision and a checksum of the arrays.
         """
@@ -309,10 +311,14 @@ class Segmenter:
             raise BadArgumentError(f"{path} is a directory: give a file path for the support features "
                                    "(such as classes.npz)")
         with self._lock:
-            arrays = {f"{name}/{k}": v for name, fields in self._cache.items() for k, v in fields.items()}
+            names = list(self._cache) if classes is None else [classes] if isinstance(classes, str) else list(classes)
+            unknown = [n for n in names if n not in self._cache]
+            if unknown:
+                raise UnknownClassError(f"unknown class(es) {unknown}; registered: {list(self._cache)}")
+            arrays = {f"{name}/{k}": v for name in names for k, v in self._cache[name].items()}
             meta = {"format": SUPPORT_FORMAT, "version": SUPPORT_VERSION, "encoder_sha256": self.encoder_sha256,
-                    "precision": self.backend.precision, "classes": list(self._cache), "shots": dict(self._shots),
-                    "checksum": _checksum(arrays)}
+                    "precision": self.backend.precision, "classes": names,
+                    "shots": {n: self._shots[n] for n in names}, "checksum": _checksum(arrays)}
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -394,16 +400,8 @@ class Segmenter:
         self._resident[names] = batch  # most recently used last
         return batch
 
-    def segment(self, image: np.ndarray, classes: Sequence[str] | None = None, threshold: float = 0.5,
-                color: str = "bgr") -> Result:
-        """Segment the registered (or the named) classes in one frame.
-
-        One backbone run; the query decoder runs once over all requested classes (in chunks of the
-        bundle's ``max_classes``, or of the TensorRT engines' when fewer).
-        """
-        t0 = time.perf_counter()
-        threshold = check_threshold(threshold)
-        check_color(color)
+    def _requested(self, classes: Sequence[str] | str | None) -> tuple[list[str], list[dict]]:
+        """The class names a frame is decoded for, and their support batches."""
         if isinstance(classes, str):
             classes = [classes]
         with self._lock:
@@ -417,15 +415,15 @@ class Segmenter:
                        for i in range(0, len(names), self.max_classes)]
         if not names:
             raise UnknownClassError("no class requested")
-        tensor, place = self._prepare(image, color, "image")
-        t1 = time.perf_counter()
-        with self.backend.exclusive():  # the kept backbone outputs are read by the decoder runs
-            features = self.backend.run("backbone", {"images": tensor[None]}, keep=("mid", "high"))
-            t2 = time.perf_counter()
-            logits = np.concatenate([
-                self.backend.run("query_decoder", {"mid": features["mid"], "high": features["high"], **batch},
-                                 outputs=("logits",))["logits"].astype(np.float32) for batch in batches])
-        t3 = time.perf_counter()
+        return names, batches
+
+    def _decode(self, mid: Any, high: Any, batches: list[dict]) -> np.ndarray:
+        return np.concatenate([
+            self.backend.run("query_decoder", {"mid": mid, "high": high, **batch},
+                             outputs=("logits",))["logits"].astype(np.float32) for batch in batches])
+
+    @staticmethod
+    def _result(logits: np.ndarray, place: object, names: list[str], threshold: float) -> Result:
         probs = frame_probability(logits, place)  # C x H x W
         masks = probs > threshold
         if len(names) == 1:
@@ -434,12 +432,63 @@ class Segmenter:
             label_map = probs.argmax(axis=0).astype(np.int32)
             label_map += 1
             label_map *= masks.any(axis=0)
-        result = Result({n: probs[i] for i, n in enumerate(names)}, {n: masks[i] for i, n in enumerate(names)},
-                        label_map, names)
+        return Result({n: probs[i] for i, n in enumerate(names)}, {n: masks[i] for i, n in enumerate(names)},
+                      label_map, names)
+
+    def segment(self, image: np.ndarray, classes: Sequence[str] | None = None, threshold: float = 0.5,
+                color: str = "bgr") -> Result:
+        """Segment the registered (or the named) classes in one frame.
+
+        One backbone run; the query decoder runs once over all requested classes (in chunks of the
+        bundle's ``max_classes``, or of the TensorRT engines' when fewer).
+        """
+        t0 = time.perf_counter()
+        threshold = check_threshold(threshold)
+        check_color(color)
+        names, batches = self._requested(classes)
+        tensor, place = self._prepare(image, color, "image")
+        t1 = time.perf_counter()
+        with self.backend.exclusive():  # the kept backbone outputs are read by the decoder runs
+            features = self.backend.run("backbone", {"images": tensor[None]}, keep=("mid", "high"))
+            t2 = time.perf_counter()
+            logits = self._decode(features["mid"], features["high"], batches)
+        t3 = time.perf_counter()
+        result = self._result(logits, place, names, threshold)
         t4 = time.perf_counter()
         result.timings = {"preprocess": t1 - t0, "backbone": t2 - t1, "decode": t3 - t2, "postprocess": t4 - t3,
                           "total": t4 - t0}
         return result
+
+    def segment_batch(self, images: Sequence[np.ndarray], classes: Sequence[str] | None = None,
+                      threshold: float = 0.5, color: str = "bgr") -> list[Result]:
+        """Segment several frames (of any sizes) for the same classes: one backbone run per
+        ``max_shots`` frames (the backbone graph's image batch), then one decode per frame. Results
+        equal :meth:`segment`'s frame by frame; a server batching its clients' frames uses this.
+        ``timings`` of each result are the batch's, shared."""
+        threshold = check_threshold(threshold)
+        check_color(color)
+        images = list(images)
+        if not images:
+            return []
+        names, batches = self._requested(classes)
+        prepared = [self._prepare(image, color, f"image {i}") for i, image in enumerate(images)]
+        results = []
+        for start in range(0, len(prepared), self.max_shots):
+            chunk = prepared[start:start + self.max_shots]
+            t0 = time.perf_counter()
+            with self.backend.exclusive():
+                features = self.backend.run("backbone", {"images": np.stack([t for t, _ in chunk])})
+                t1 = time.perf_counter()
+                logits = [self._decode(features["mid"][i:i + 1], features["high"][i:i + 1], batches)
+                          for i in range(len(chunk))]
+            t2 = time.perf_counter()
+            part = [self._result(lg, place, names, threshold) for lg, (_, place) in zip(logits, chunk)]
+            t3 = time.perf_counter()
+            for r in part:
+                r.timings = {"backbone": t1 - t0, "decode": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0,
+                             "frames": float(len(chunk))}
+            results += part
+        return results
 
 
 __all__ = ["Segmenter", "Result", "SCCANError"]

@@ -1,0 +1,151 @@
+"""Serving through a real Triton Inference Server (``tritonserver`` from the nvidia-pytriton wheel,
+in a serving environment with numpy<2; ``bash .ci/run`` makes one and points SCCAN_SERVE_PYTHON at
+it). Skipped with the reason elsewhere, except in CI, where a missing server is a failure."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import scene
+
+pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (pip install 'sccan[dev]')")
+
+from sccan.sdk import Segmenter  # noqa: E402
+from sccan.sdk.errors import BadImageError, CorruptCacheError, EmptyMaskError, UnknownClassError  # noqa: E402
+from sccan.serve import make_repository  # noqa: E402
+from sccan.serve.remote import RemoteSegmenter  # noqa: E402
+from sccan.serve.server import ServerError, TritonServer, find_tritonserver  # noqa: E402
+
+SERVE_PYTHON = os.environ.get("SCCAN_SERVE_PYTHON") or sys.executable
+
+
+def _serving_environment() -> str | None:
+    try:
+        find_tritonserver(SERVE_PYTHON)
+    except ServerError as exc:
+        return str(exc)
+    return None
+
+
+_why = _serving_environment()
+if _why and os.environ.get("CI") == "true":
+    raise RuntimeError(f"CI must run the Triton tests (.ci/run makes the serving environment): {_why}")
+pytestmark = [pytest.mark.serve, pytest.mark.skipif(_why is not None, reason=f"no Triton server here: {_why}")]
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def register(seg) -> None:
+    image, mask = scene(0)
+    seg.add_class("cup", [image], [mask])
+    shots = [scene(1), scene(2, 40, 90)]
+    seg.add_class("rocket", [s[0] for s in shots], [s[1] for s in shots])
+
+
+def assert_same(got, want, tol: float = 1e-5) -> None:
+    assert got.classes == want.classes
+    for name in want.classes:
+        np.testing.assert_allclose(got.probabilities[name], want.probabilities[name], atol=tol)
+    assert np.array_equal(got.label_map, want.label_map)
+
+
+def test_served_segmenter_equals_in_process_and_survives_a_restart(small_export, tmp_path):
+    _, bundle = small_export
+    repo = make_repository(bundle, tmp_path / "repo", instances=2, max_batch=4)
+    local = Segmenter(bundle)
+    register(local)
+    frames = [scene(100 + i)[0] for i in range(6)] + [scene(200, 61, 37)[0], scene(201, 45, 90)[0]]
+    wants = [local.segment(f) for f in frames]
+    http, grpc, metrics = _free_ports(3)
+    with TritonServer(repo, http, grpc, metrics, python=SERVE_PYTHON) as server:
+        remote = RemoteSegmenter(server.http_url)
+        assert remote.classes == []
+        register(remote)
+        assert remote.classes == ["cup", "rocket"]
+        assert sorted(p.name for p in (repo / "sccan" / "supports").iterdir()) == ["cup.npz", "rocket.npz"]
+        # four concurrent clients (two over HTTP, two over gRPC), every frame, in-process results
+        results: dict[int, list] = {}
+        errors: list[BaseException] = []
+
+        def client(k: int) -> None:
+            try:
+                seg = RemoteSegmenter(server.http_url) if k % 2 == 0 else RemoteSegmenter(server.grpc_url, "grpc")
+                results[k] = [seg.segment(f) for f in frames]
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for got in results.values():
+            for g, w in zip(got, wants):
+                assert_same(g, w)
+        only = remote.segment(frames[0], classes=["rocket"], threshold=0.3, output="masks")
+        assert only.classes == ["rocket"] and np.array_equal(only.masks["rocket"],
+                                                             local.segment(frames[0], "rocket").probabilities[
+                                                                 "rocket"] > 0.3)
+        # clear errors, with the server still serving afterwards
+        with pytest.raises(UnknownClassError, match="unknown class.*'bottle'"):
+            remote.segment(frames[0], classes=["bottle"])
+        with pytest.raises(BadImageError, match="8-bit"):
+            remote.segment(frames[0].astype(np.float32))
+        image, _ = scene(3)
+        speck = np.zeros(image.shape[:2], np.uint8)
+        speck[5, 5] = 255
+        with pytest.raises(EmptyMaskError, match="covers 1 of"):  # judged by the server's Segmenter
+            remote.add_class("speck", [image], [speck])
+        corrupt = tmp_path / "corrupt.npz"
+        corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+        with pytest.raises(CorruptCacheError, match="not an SCCAN support file"):
+            remote.load_support(corrupt)
+        with pytest.raises(UnknownClassError):
+            remote.remove_class("bottle")
+        assert remote.classes == ["cup", "rocket"]
+        assert_same(remote.segment(frames[1]), wants[1])
+        saved = remote.save_support(tmp_path / "fleet.npz")
+        # the sample, as a user runs it
+        import subprocess
+        from pathlib import Path
+
+        import cv2
+
+        root = Path(__file__).resolve().parents[1]
+        example, mask = scene(7)
+        for name, data in (("example.png", example), ("mask.png", mask), ("query.png", frames[0])):
+            cv2.imwrite(str(tmp_path / name), data)
+        run = subprocess.run([sys.executable, str(root / "samples" / "triton_client.py"), server.http_url,
+                              *(str(tmp_path / n) for n in ("example.png", "mask.png", "query.png", "out.png"))],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "classes on the server: ['cup', 'object', 'rocket']" in run.stdout
+        assert cv2.imread(str(tmp_path / "out.png")).shape == frames[0].shape
+        remote.remove_class("object")
+    fresh = Segmenter(bundle)
+    assert fresh.load_support(saved) == ["cup", "rocket"]  # the server's file works in process
+    assert_same(fresh.segment(frames[2]), wants[2])
+    # a restarted server has its classes (support files), and removing one removes its file
+    with TritonServer(repo, http, grpc, metrics, python=SERVE_PYTHON) as server:
+        remote = RemoteSegmenter(server.grpc_url, protocol="grpc")
+        assert remote.classes == ["cup", "rocket"]
+        assert_same(remote.segment(frames[3]), wants[3])
+        remote.remove_class("cup")
+        assert remote.classes == ["rocket"] and not (repo / "sccan" / "supports" / "cup.npz").exists()
+        assert remote.load_support(saved) == ["cup", "rocket"]
+        assert_same(remote.segment(frames[4]), wants[4])
