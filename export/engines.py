@@ -477,6 +477,7 @@ class _Plan:
 
     mode: str
     reason: str | None = None
+    hint: str = ""
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     temporary: list[Path] = field(default_factory=list)
 
@@ -582,12 +583,14 @@ def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None =
             }
 
         def fall_back(why: str) -> bool:
-            """Switch the decoder to the plugin variant (auto mode), or say it cannot."""
+            """Switch the decoder to the plugin variant (auto mode); False when it cannot, with the
+            reason kept for the error (``plan.hint``)."""
             if options.patch_align != "auto" or plan.mode == "plugin":
                 return False
             if not variant:
-                raise BuildError(f"{why}. The plugin fallback needs a plugin decoder in the bundle: export it "
-                                 "with --patch-align both")
+                plan.hint = (" (the plugin fallback needs a plugin decoder in the bundle: export it with "
+                             "--patch-align both)")
+                return False
             plan.mode, plan.reason = "plugin", why
             log(f"sccan build: {why}; falling back to the patch-alignment plugin for the {precision} decoder")
             return True
@@ -605,7 +608,7 @@ def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None =
                     build_one(graph)
                 except ParserRejection as exc:
                     if graph != "query_decoder" or not fall_back(str(exc)):
-                        raise
+                        raise ParserRejection(f"{exc}{plan.hint}") from None
                     build_one(graph)
             bar.close()
             gate = gate_now()
@@ -618,7 +621,7 @@ def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None =
             if not gate.ok:
                 where = f"; first diverging output: {gate.first_divergence}" if gate.first_divergence else ""
                 raise BuildError(f"{precision} engines failed the gate: " + "; ".join(gate.failures) + where
-                                 + ". The bundle's previous engines are unchanged.")
+                                 + f". The bundle's previous engines are unchanged.{plan.hint}")
             records = plan.records
             for record in records.values():  # the gate passed: the plans take their names
                 final = record.pop("final_file")

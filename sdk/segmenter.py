@@ -169,7 +169,8 @@ class Segmenter:
     Args:
         bundle: a bundle directory from ``sccan export`` (or a loaded :class:`Bundle`).
         backend: ``"auto"`` (TensorRT when TensorRT, a GPU and engines that pass the preflight exist,
-            else ONNX Runtime), ``"onnxruntime"`` or ``"tensorrt"``.
+            else ONNX Runtime), ``"onnxruntime"`` or ``"tensorrt"``; or a backend object of one's
+            own (:class:`~sccan.sdk.backends.Backend`: the Triton model's BLS backend is one).
         device: GPU index (TensorRT, ONNX Runtime's CUDA provider).
         threads: CPU threads for ONNX Runtime (default: its own choice).
         precision: ``"fp32"`` or ``"fp16"``; default FP16 for TensorRT and the CUDA provider, FP32
@@ -181,7 +182,7 @@ class Segmenter:
     #: Class batches kept resident at once (each a few MB at 473 with 8 classes).
     RESIDENT_BATCHES = 4
 
-    def __init__(self, bundle: str | os.PathLike | Bundle, backend: str = "auto", device: int = 0,
+    def __init__(self, bundle: str | os.PathLike | Bundle, backend: str | Backend = "auto", device: int = 0,
                  threads: int | None = None, precision: str | None = None, cuda_graph: bool = False):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = self._make_backend(backend, device, threads, precision, cuda_graph)
@@ -198,8 +199,10 @@ class Segmenter:
         self._resident: dict[tuple[str, ...], dict] = {}
         self._lock = threading.RLock()
 
-    def _make_backend(self, backend: str, device: int, threads: int | None, precision: str | None,
+    def _make_backend(self, backend: str | Backend, device: int, threads: int | None, precision: str | None,
                       cuda_graph: bool) -> Backend:
+        if not isinstance(backend, str) and hasattr(backend, "run"):
+            return backend  # a Backend made by the caller (the Triton model's BLS backend)
         if backend not in BACKENDS:
             raise BadArgumentError(f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {backend!r}")
         if precision not in (None, "fp32", "fp16"):

@@ -13,9 +13,10 @@ def run_triton(args: argparse.Namespace) -> int:
     repo = make_repository(args.bundle, args.output, backend=args.backend, instances=args.instances,
                           max_batch=args.max_batch, support_dir=args.support_dir, precision=args.precision,
                           threads=args.threads, force=args.force)
-    print(f"Triton model repository written to {repo} (model 'sccan', {args.instances} "
-          f"{'GPU' if args.backend == 'tensorrt' else 'CPU'} instance(s), {args.backend}); start it with: "
-          f"sccan serve {repo}")
+    graphs = "" if args.backend == "onnxruntime" else \
+        f", graphs as models sccan_backbone/support_encoder/query_decoder ({args.backend}) called through BLS"
+    print(f"Triton model repository written to {repo} (model 'sccan', {args.instances} instance(s){graphs}); "
+          f"start it with: sccan serve {repo}")
     return 0
 
 
@@ -43,7 +44,9 @@ def register_triton(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", help="model bundle directory (from `sccan export`)")
     p.add_argument("-o", "--output", required=True, help="repository directory to write")
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS,
-                   help="ONNX Runtime on CPU instances (default) or the bundle's TensorRT engines on GPU instances")
+                   help="onnxruntime (default): the Segmenter on ONNX Runtime in the Python model; tensorrt: the "
+                        "bundle's engines as tensorrt_plan models on GPU instances, called through BLS; "
+                        "onnxruntime-bls: that layout with ONNX Runtime models (CPU)")
     p.add_argument("--instances", type=int, default=1, help="model instances (default 1)")
     p.add_argument("--max-batch", type=int, default=4,
                    help="most same-size frames the dynamic batcher gives one execution (default 4)")

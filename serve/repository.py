@@ -17,13 +17,24 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from sccan.sdk.bundle import load_bundle, readable_by_others
+from sccan.sdk.bundle import GRAPHS, load_bundle, readable_by_others
 from sccan.sdk.errors import BadArgumentError
 
 from .protocol import INPUTS, MODEL_NAME, OUTPUTS
 
-BACKENDS = ("onnxruntime", "tensorrt")
+#: "onnxruntime": the Python model runs the Segmenter on ONNX Runtime. "tensorrt": the per-frame
+#: engines are ``tensorrt_plan`` models (GPU instances) that the Python model calls through BLS.
+#: "onnxruntime-bls": the same BLS layout with the graphs as Python-backend ONNX Runtime models
+#: (runs on a CPU: how the BLS path is tested here).
+BACKENDS = ("onnxruntime", "tensorrt", "onnxruntime-bls")
+GRAPH_MODEL_PY = '''"""Triton Python-backend model running one of the bundle's ONNX graphs (the BLS layout on a CPU)."""
+
+from sccan.serve.bls import GraphModel as TritonPythonModel  # noqa: F401
+'''
+_TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+                 "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
 
 MODEL_PY = '''"""Triton Python-backend entry point; the model is sccan.serve.triton_model (installed sccan)."""
 
@@ -41,8 +52,9 @@ def model_config(backend: str, instances: int, max_batch: int, support_dir: str,
     inputs = ",\n".join(f'  {{ name: "{n}" data_type: {t} dims: {_dims(d)}{"" if n == "COMMAND" else " optional: true"} }}'
                         for n, (t, d) in INPUTS.items())
     outputs = ",\n".join(f'  {{ name: "{n}" data_type: {t} dims: {_dims(d)} }}' for n, (t, d) in OUTPUTS.items())
-    kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
-    params = {"bundle": "bundle", "support_dir": support_dir, "backend": backend, "precision": precision or "",
+    kind = "KIND_CPU"  # the Python model; with "tensorrt" the engines' models hold the GPU instances
+    params = {"bundle": "bundle", "support_dir": support_dir, "backend": "onnxruntime" if backend == "onnxruntime"
+              else "triton-bls", "precision": precision or "",
               "threads": str(threads or "")}
     parameters = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
     return f'''name: "{MODEL_NAME}"
@@ -60,6 +72,21 @@ parameters [
 {parameters}
 ]
 '''
+
+
+def graph_model_config(graph: str, spec: dict, backend: str, instances: int, params: dict[str, str]) -> str:
+    """``config.pbtxt`` of one graph's model in the BLS layout (no Triton batching: the graphs'
+    dynamic dimensions are explicit)."""
+    def tensors(items: list[dict]) -> str:
+        return ",\n".join(f'  {{ name: "{t["name"]}" data_type: {_TRITON_TYPES[t["dtype"]]} '
+                           f'dims: {_dims([d if isinstance(d, int) else -1 for d in t["shape"]])} }}' for t in items)
+
+    head = 'platform: "tensorrt_plan"' if backend == "tensorrt" else 'backend: "python"'
+    kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
+    parameters = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
+    return (f'name: "sccan_{graph}"\n{head}\nmax_batch_size: 0\ninput [\n{tensors(spec["inputs"])}\n]\n'
+            f'output [\n{tensors(spec["outputs"])}\n]\ninstance_group [ {{ kind: {kind} count: {instances} }} ]\n'
+            + (f"parameters [\n{parameters}\n]\n" if parameters else ""))
 
 
 def make_repository(bundle: str | os.PathLike, repo: str | os.PathLike, backend: str = "onnxruntime",
@@ -80,9 +107,13 @@ def make_repository(bundle: str | os.PathLike, repo: str | os.PathLike, backend:
     if instances < 1 or max_batch < 1:
         raise BadArgumentError(f"--instances and --max-batch must be at least 1, got {instances} and {max_batch}")
     source = load_bundle(bundle)  # verified before anything is written
-    if backend == "tensorrt" and not source.manifest.get("engines"):
-        raise BadArgumentError(f"bundle {source.path} has no TensorRT engines: build them with `sccan build` on the "
-                               "serving GPU, or use --backend onnxruntime")
+    if backend == "tensorrt":
+        precision = precision or "fp16"
+        if not source.manifest.get("engines", {}).get(precision):
+            raise BadArgumentError(f"bundle {source.path} has no {precision} TensorRT engines: build them with "
+                                   "`sccan build` on the serving GPU model, or use --backend onnxruntime")
+    elif backend == "onnxruntime-bls":
+        precision = precision or "fp32"
     repo = Path(repo)
     if repo.exists() and not force:
         raise BadArgumentError(f"{repo} already exists; pass --force to replace it")
@@ -99,6 +130,8 @@ def make_repository(bundle: str | os.PathLike, repo: str | os.PathLike, backend:
                                                              threads))
         if support_dir is None:
             (model_dir / "supports").mkdir()
+        if backend != "onnxruntime":
+            _graph_models(work, source, backend, precision, instances, threads)
         kept = None
         if repo.exists():
             old_supports = repo / MODEL_NAME / "supports"
@@ -114,3 +147,24 @@ def make_repository(bundle: str | os.PathLike, repo: str | os.PathLike, backend:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return repo
+
+
+def _graph_models(work: Path, bundle: Any, backend: str, precision: str, instances: int,
+                  threads: int | None) -> None:
+    """The BLS layout's ``sccan_<graph>`` models: engines as ``tensorrt_plan``, or ONNX graphs in
+    Python-backend ONNX Runtime models."""
+    manifest = bundle.manifest
+    for graph in GRAPHS:
+        spec = manifest["graphs"][graph][precision]
+        model = work / f"sccan_{graph}"
+        (model / "1").mkdir(parents=True)
+        if backend == "tensorrt":
+            engine = manifest["engines"][precision][graph]
+            shutil.copyfile(bundle.path / engine["file"], model / "1" / "model.plan")
+            params: dict[str, str] = {}  # (a plugin decoder has the standard decoder's inputs and outputs)
+        else:
+            (model / "1" / "model.py").write_text(GRAPH_MODEL_PY)
+            plugin = manifest.get("patch_align") == "plugin" and graph == "query_decoder"
+            params = {"graph": f"{MODEL_NAME}/1/bundle/{spec['file']}", "threads": str(threads or ""),
+                      "plugin": "1" if plugin else "0"}
+        (model / "config.pbtxt").write_text(graph_model_config(graph, spec, backend, instances, params))

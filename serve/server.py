@@ -129,6 +129,9 @@ class TritonServer:
                f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                f"--metrics-port={self.metrics_port}", "--allow-metrics=true", "--exit-on-error=true",
                f"--log-verbose={1 if self.verbose else 0}"]
+        plugin = self.repo / "sccan" / "1" / "bundle" / "libsccan_trt_plugin.so"
+        if plugin.is_file() and any(self.repo.glob("sccan_*/1/model.plan")):
+            cmd.append(f"--backend-config=tensorrt,plugins={plugin}")  # engines with the plugin node
         return cmd, env
 
     def start(self) -> "TritonServer":

@@ -115,13 +115,21 @@ class TritonPythonModel:
         if not support.is_absolute():
             support = model_dir / support
         device = int(args.get("model_instance_device_id") or 0)
-        self.segmenter = Segmenter(bundle, backend=params.get("backend") or "onnxruntime", device=device,
-                                   precision=params.get("precision") or None,
+        backend: Any = params.get("backend") or "onnxruntime"
+        precision = params.get("precision") or None
+        if backend == "triton-bls":  # the graphs are the repository's sccan_<graph> models
+            from sccan.sdk.bundle import load_bundle
+
+            from .bls import TritonBLSBackend
+
+            backend = TritonBLSBackend(load_bundle(bundle, verify=False), precision or "fp32")
+        self.segmenter = Segmenter(bundle, backend=backend, device=device, precision=precision,
                                    threads=int(params["threads"]) if params.get("threads") else None)
         self.store = SupportStore(support, self.segmenter)
         self.store.sync()
-        size = self.segmenter.size  # warm-up: the graphs' first run allocates and plans
-        self.segmenter.backend.run("backbone", {"images": np.zeros((1, 3, size, size), np.float32)})
+        if self.segmenter.backend.name != "triton-bls":  # warm-up: the first run allocates and plans
+            size = self.segmenter.size
+            self.segmenter.backend.run("backbone", {"images": np.zeros((1, 3, size, size), np.float32)})
 
     # -- helpers -------------------------------------------------------------------------------------
 

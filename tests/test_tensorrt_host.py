@@ -451,3 +451,30 @@ def test_bench_reports_gpu_time_and_device_memory(monkeypatch, engine_bundle, bi
         assert case.device_memory_mb > 0
     assert "GPU (CUDA events) backbone" in result.table() and "tensorrt fp32" in result.table()
     assert result.gpu == "Orin"
+
+
+def test_triton_repository_with_the_engines_as_tensorrt_plan_models(engine_bundle, tmp_path):
+    """`sccan triton --backend tensorrt`: the per-frame engines as tensorrt_plan models (GPU
+    instances) that the Python model calls through BLS. Only the layout is checked here (no Triton
+    container with TensorRT on these machines)."""
+    from sccan.sdk.errors import BadArgumentError
+    from sccan.serve import make_repository
+
+    repo = make_repository(engine_bundle, tmp_path / "repo", backend="tensorrt", instances=2)
+    manifest = json.loads((engine_bundle / MANIFEST).read_text())
+    for graph in ("backbone", "support_encoder", "query_decoder"):
+        model = repo / f"sccan_{graph}"
+        assert (model / "1" / "model.plan").read_bytes() == \
+            (engine_bundle / manifest["engines"]["fp16"][graph]["file"]).read_bytes()
+        config = (model / "config.pbtxt").read_text()
+        assert 'platform: "tensorrt_plan"' in config and "kind: KIND_GPU count: 2" in config
+        assert "max_batch_size: 0" in config and "TYPE_FP16" in config
+    assert 'name: "images" data_type: TYPE_FP16 dims: [ -1, 3, 65, 65 ]' in (repo / "sccan_backbone" /
+                                                                            "config.pbtxt").read_text()
+    assert 'string_value: "triton-bls"' in (repo / "sccan" / "config.pbtxt").read_text()
+    copy = tmp_path / "no-engines"
+    shutil.copytree(engine_bundle, copy)
+    manifest["engines"] = {}
+    write_manifest(copy, manifest)
+    with pytest.raises(BadArgumentError, match="no fp16 TensorRT engines"):
+        make_repository(copy, tmp_path / "repo2", backend="tensorrt")

@@ -149,3 +149,23 @@ def test_served_segmenter_equals_in_process_and_survives_a_restart(small_export,
         assert remote.classes == ["rocket"] and not (repo / "sccan" / "supports" / "cup.npz").exists()
         assert remote.load_support(saved) == ["cup", "rocket"]
         assert_same(remote.segment(frames[4]), wants[4])
+
+
+def test_graphs_as_models_called_through_bls(small_export, tmp_path):
+    """The BLS layout of `--backend tensorrt`, with the graphs as ONNX Runtime models (CPU): the
+    Python model's Segmenter runs each graph as a request to the model sccan_<graph>."""
+    _, bundle = small_export
+    repo = make_repository(bundle, tmp_path / "repo", backend="onnxruntime-bls")
+    assert sorted(p.name for p in repo.iterdir()) == ["sccan", "sccan_backbone", "sccan_query_decoder",
+                                                     "sccan_support_encoder"]
+    local = Segmenter(bundle)
+    register(local)
+    frames = [scene(300 + i)[0] for i in range(3)]
+    with TritonServer(repo, *_free_ports(3), python=SERVE_PYTHON) as server:
+        remote = RemoteSegmenter(server.http_url)
+        register(remote)
+        for frame in frames:
+            assert_same(remote.segment(frame), local.segment(frame))
+        with pytest.raises(UnknownClassError):
+            remote.segment(frames[0], classes=["bottle"])
+
