@@ -38,6 +38,11 @@ def run_eval(args: argparse.Namespace) -> int:
         print("sccan eval: --prior-only and --size apply to checkpoints (a bundle has its own input size)",
               file=sys.stderr)
         return 2
+    if args.video_root:
+        return run_video_eval(args)
+    if not args.config:
+        print("sccan eval: give --config (the benchmark's data and eval sections) or --video-root", file=sys.stderr)
+        return 2
     config = load_config(args.config)
     data = config["data"]
     if args.shots:
@@ -78,6 +83,42 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_video_eval(args: argparse.Namespace) -> int:
+    """``sccan eval --video-root``: one-shot video-object J and F (see :mod:`sccan.train.video`)."""
+    from sccan.sdk.bundle import write_json_atomic
+
+    from .checkpoint import load_model
+    from .config import load_config
+    from .evaluate import bundle_predictor, model_predictor, prior_predictor
+    from .video import evaluate_videos, list_sequences
+
+    shots = args.shots or 1
+    sequences = list_sequences(args.video_root, args.sequences.split(",") if args.sequences else None)
+    if args.bundle:
+        predict = bundle_predictor(args.bundle, backend=args.backend, precision=args.precision)
+        if shots > predict.segmenter.max_shots:
+            print(f"sccan eval: {shots} shots exceed the bundle's maximum of {predict.segmenter.max_shots}",
+                  file=sys.stderr)
+            return 2
+        source = {"bundle": str(args.bundle), "backend": predict.segmenter.backend.name,
+                  "precision": predict.segmenter.backend.precision, "size": predict.segmenter.size}
+    else:
+        model = load_model(args.checkpoint)
+        size = args.size or (load_config(args.config)["data"]["size"] if args.config else 473)
+        predict = prior_predictor(model, size) if args.prior_only else model_predictor(model, size)
+        source = {"checkpoint": str(args.checkpoint), "prior_only": bool(args.prior_only), "size": size}
+    out = Path(args.output) if args.output else None
+    result = evaluate_videos(predict, sequences, shots, strips=out / "strips" if out else None,
+                             progress=not args.quiet)
+    if out:
+        write_json_atomic(out / "video_eval.json", {**source, "video_root": str(args.video_root),
+                                                    **result.to_dict()})
+        (out / "video_eval.txt").write_text(result.table() + "\n")
+        print(f"wrote {out / 'video_eval.json'}, {out / 'video_eval.txt'} and {out / 'strips'}/<sequence>.png")
+    print(result.table())  # its last line: J mean 0.xxx, F mean 0.xxx over N sequences
+    return 0
+
+
 def register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="episodic meta-training (torchrun for several processes)")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
@@ -95,11 +136,16 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
                    help="SDK backend for --bundle")
     p.add_argument("--precision", choices=("fp32", "fp16"), help="bundle precision (default: the backend's)")
-    p.add_argument("--config", required=True, help="YAML config whose data/eval sections name the benchmark")
+    p.add_argument("--config", help="YAML config whose data/eval sections name the benchmark (not needed with "
+                                     "--video-root)")
+    p.add_argument("--video-root", help="one-shot video evaluation on DAVIS-layout folders: the first --shots "
+                                        "annotated frames of each sequence are the support, the rest queries; "
+                                        "prints J and F")
+    p.add_argument("--sequences", help="comma-separated sequence names under --video-root (default: all)")
     p.add_argument("--episodes", type=int, help="episodes (default: the config's, 1000 PASCAL / 4000 COCO)")
     p.add_argument("--seed", type=int, help="episode seed (default: the config's)")
-    p.add_argument("--shots", type=int, help="shots per episode (default: the config's)")
-    p.add_argument("--size", type=int, help="network input size (default: the config's)")
+    p.add_argument("--shots", type=int, help="shots per episode (default: the config's; 1 with --video-root)")
+    p.add_argument("--size", type=int, help="network input size (default: the config's; 473 with --video-root)")
     p.add_argument("--prior-only", action="store_true", help="score the prior mask alone (a baseline)")
     p.add_argument("--output", help="directory for eval.json, eval.txt and episodes.png")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -6,7 +6,7 @@ from typing import Any
 
 from sccan.train.backbones import IMAGENET_MEAN
 
-from . import coco, folder, pascal
+from . import coco, folder, labelpng, pascal, yoloseg
 from .augment import COCO_SCALE, PASCAL_SCALE
 from .segmentation import DatasetError, SegmentationFewShot
 from .synthetic import SyntheticFewShot
@@ -20,6 +20,10 @@ def build_dataset(data: dict[str, Any], split: str, seed: int, episodes: int | N
     Common keys: ``size``, ``shots``, ``train_episodes``, ``test_episodes``. PASCAL: ``root``,
     ``fold``, optional ``train_list``/``val_list``. COCO: ``root``, ``fold``, ``partition``
     (``interleaved`` or ``contiguous``). Folder: ``root``, ``train_classes``, ``test_classes``.
+    YOLO-seg: ``root``, ``train_classes``, ``test_classes`` (names), ``train_split``/``test_split``
+    (folders under ``images/``, default ``split`` or ``train``), optional ``names_file``.
+    Label PNGs: ``root``, ``test_classes`` (names), optional ``train_classes`` (default: all others),
+    ``images``, ``labels`` (folders), ``class_list`` (file).
     """
     kind = data.get("dataset")
     requested = episodes or data.get("train_episodes" if split == "train" else "test_episodes")
@@ -42,8 +46,23 @@ def build_dataset(data: dict[str, Any], split: str, seed: int, episodes: int | N
         _require(data, "root")
         classes = data.get("train_classes" if split == "train" else "test_classes") or []
         index, scale, binarize = folder.build_index(data["root"], classes), PASCAL_SCALE, folder.binarize_mask
+    elif kind == "yolo":
+        _require(data, "root")
+        classes = data.get("train_classes" if split == "train" else "test_classes") or []
+        if not classes:
+            raise DatasetError("the yolo dataset needs its class split in the config: data.train_classes and "
+                               "data.test_classes (names from data.yaml)")
+        folder_name = data.get("train_split" if split == "train" else "test_split") or data.get("split", "train")
+        index = yoloseg.build_index(data["root"], classes, folder_name, data.get("names_file"))
+        scale, binarize = COCO_SCALE, None
+    elif kind == "labels":
+        _require(data, "root", "test_classes")
+        index = labelpng.build_index(data["root"], data["test_classes"], split, data.get("images", "images"),
+                                     data.get("labels", "labels"), data.get("class_list", "classes.txt"),
+                                     data.get("train_classes"), min_images=shots + 1)
+        scale, binarize = PASCAL_SCALE, None
     else:
-        raise DatasetError(f"unknown dataset {kind!r}; expected one of: synthetic, pascal, coco, folder")
+        raise DatasetError(f"unknown dataset {kind!r}; expected one of: synthetic, pascal, coco, folder, yolo, labels")
     # By default a training epoch is one pass over the (class, image) pairs, as in the authors' protocol.
     n = requested or (index.pairs if split == "train" else 1000)
     return SegmentationFewShot(index, split, shots, n, seed, size, scale, mean, binarize)

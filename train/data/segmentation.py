@@ -66,7 +66,12 @@ def read_image(path: Path) -> np.ndarray:
     return image[..., ::-1].copy()  # RGB
 
 
-def read_label(path: Path) -> np.ndarray:
+def read_label(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A label image; a YOLO-seg ``.txt`` is rasterised at ``shape`` (its image's height, width)."""
+    if path.suffix == ".txt":
+        from .yoloseg import read_yolo_label
+
+        return read_yolo_label(path, shape)
     label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if label is None:
         raise OSError(f"cannot read label {path}")
@@ -102,7 +107,8 @@ class SegmentationFewShot:
         self.epoch = epoch
 
     def _load(self, item: Item, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        image, raw = read_image(item.image), read_label(item.label)
+        image = read_image(item.image)
+        raw = read_label(item.label, image.shape[:2])
         if image.shape[:2] != raw.shape:
             raise OSError(f"image {item.image} is {image.shape[:2]} but its label {item.label} is {raw.shape}")
         label = self.binarize(raw, cls)
