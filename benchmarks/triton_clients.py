@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
 import threading
@@ -24,17 +23,7 @@ from pathlib import Path
 from sccan.sdk.bench import synthetic_scene
 from sccan.serve import make_repository
 from sccan.serve.remote import RemoteSegmenter
-from sccan.serve.server import TritonServer
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from sccan.serve.server import TritonServer, free_ports
 
 
 def main() -> int:

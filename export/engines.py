@@ -189,23 +189,13 @@ def default_timing_cache_dir() -> Path:
 # -- networks and profiles -----------------------------------------------------------------------------
 
 
-def dynamic_dims(graph_path: Path) -> dict[str, dict[int, str]]:
-    """Per graph input, its dynamic axes and their dimension names (ONNX ``dim_param``)."""
+def graph_inputs(graph_path: Path) -> dict[str, list[int | str]]:
+    """Per graph input (initializers excluded), its shape: sizes, or the dimension name (ONNX
+    ``dim_param``) of a dynamic axis. One parse of the graph's structure, without external data."""
     model = onnx.load(str(graph_path), load_external_data=False)
     init = {i.name for i in model.graph.initializer}
-    dims = {}
-    for value in model.graph.input:
-        if value.name in init:
-            continue
-        shape = value.type.tensor_type.shape.dim
-        dims[value.name] = {axis: d.dim_param for axis, d in enumerate(shape) if not d.HasField("dim_value")}
-    return dims
-
-
-def static_shapes(graph_path: Path) -> dict[str, list[int]]:
-    model = onnx.load(str(graph_path), load_external_data=False)
-    return {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-            for v in model.graph.input}
+    return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+            for v in model.graph.input if v.name not in init}
 
 
 def dimension_ranges(manifest: dict[str, Any], max_classes: int, opt_classes: int) -> dict[str, tuple[int, int, int]]:
@@ -218,8 +208,8 @@ def dimension_ranges(manifest: dict[str, Any], max_classes: int, opt_classes: in
 def profile_shapes(graph_path: Path, ranges: dict[str, tuple[int, int, int]]) -> dict[str, tuple[list[int], ...]]:
     """min/opt/max shapes of every dynamic input; one value per dimension name across inputs."""
     shapes = {}
-    full = static_shapes(graph_path)
-    for name, axes in dynamic_dims(graph_path).items():
+    for name, full in graph_inputs(graph_path).items():
+        axes = {axis: d for axis, d in enumerate(full) if isinstance(d, str)}
         if not axes:
             continue
         unknown = [d for d in axes.values() if d not in ranges]
@@ -228,7 +218,7 @@ def profile_shapes(graph_path: Path, ranges: dict[str, tuple[int, int, int]]) ->
                              f"has no range for (known: {sorted(ranges)}); export the bundle again")
         per = []
         for k in range(3):
-            shape = list(full[name])
+            shape = list(full)
             for axis, dim in axes.items():
                 shape[axis] = ranges[dim][k]
             per.append(shape)
@@ -561,8 +551,9 @@ def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None =
             path, stem = source(graph)
             uses_plugin = plan.mode == "plugin" and graph == "query_decoder"
             library = plugin(f"the {precision} decoder uses the plugin node") if uses_plugin else None
+            shapes = profile_shapes(path, ranges)
             start = time.perf_counter()
-            data, flags = build_plan(trt, path, precision, profile_shapes(path, ranges), options, cache, logger)
+            data, flags = build_plan(trt, path, precision, shapes, options, cache, logger)
             seconds = time.perf_counter() - start
             name = f"{stem}.{precision}.{target}.plan"
             tmp = bundle.path / f".{name}.tmp-{os.getpid()}"
@@ -576,7 +567,7 @@ def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None =
                 "hardware_compatible": options.hardware_compatible, "plugin_library": library,
                 "patch_align": plan.mode if graph == "query_decoder" else None,
                 "flags": flags, "contexts": options.contexts,
-                "profiles": {k: [list(v) for v in vs] for k, vs in profile_shapes(path, ranges).items()},
+                "profiles": {k: [list(v) for v in vs] for k, vs in shapes.items()},
                 "max_classes": max_classes if graph == "query_decoder" else None,
                 "timing_cache": timing.path.name, "timing_cache_reused": timing.reused,
                 "build_seconds": round(seconds, 2),

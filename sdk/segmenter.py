@@ -63,6 +63,23 @@ def check_class_name(name: object) -> str:
     return name
 
 
+def shot_lists(name: str, images: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray
+               ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``add_class``'s examples as two lists of equal length (a single image or mask may be given
+    bare), after checking the class name; BadImageError / BadMaskError otherwise."""
+    check_class_name(name)
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        images = [images]
+    if isinstance(masks, np.ndarray) and masks.ndim == 2:
+        masks = [masks]
+    images, masks = list(images), list(masks)
+    if not images:
+        raise BadImageError(f"class {name!r}: give at least one example image")
+    if len(images) != len(masks):
+        raise BadMaskError(f"class {name!r}: {len(images)} images but {len(masks)} masks")
+    return images, masks
+
+
 def check_threshold(threshold: object) -> float:
     """``threshold`` as a float within [0, 1], else :class:`BadArgumentError`."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or \
@@ -257,16 +274,7 @@ class Segmenter:
             images: H x W x 3 uint8 images (BGR unless ``color="rgb"``); shots may differ in size.
             masks: one H x W mask per image; any non-zero pixel is the object.
         """
-        check_class_name(name)
-        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
-            images = [images]
-        if isinstance(masks, np.ndarray) and masks.ndim == 2:
-            masks = [masks]
-        images, masks = list(images), list(masks)
-        if not images:
-            raise BadImageError(f"class {name!r}: give at least one example image")
-        if len(images) != len(masks):
-            raise BadMaskError(f"class {name!r}: {len(images)} images but {len(masks)} masks")
+        images, masks = shot_lists(name, images, masks)
         if len(images) > self.max_shots:
             raise BadImageError(f"class {name!r}: {len(images)} shots exceed this bundle's maximum of "
                                 f"{self.max_shots} (export with a larger --max-shots)")

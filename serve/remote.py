@@ -21,9 +21,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sccan.sdk.errors import BadArgumentError, BadImageError, BadMaskError, MissingFileError, SCCANError
+from sccan.sdk.errors import BadArgumentError, BadImageError, MissingFileError, SCCANError
 from sccan.sdk.images import as_mask, as_rgb, check_color
-from sccan.sdk.segmenter import Result, check_class_name, check_threshold
+from sccan.sdk.segmenter import Result, check_threshold, shot_lists
 
 from .protocol import MODEL_NAME, OUTPUT_KINDS, raise_remote
 
@@ -98,17 +98,8 @@ class RemoteSegmenter:
     def add_class(self, name: str, images: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray,
                   color: str = "bgr") -> None:
         """Register (or replace) class ``name`` on the server, for every instance and replica."""
-        check_class_name(name)
         check_color(color)
-        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
-            images = [images]
-        if isinstance(masks, np.ndarray) and masks.ndim == 2:
-            masks = [masks]
-        images, masks = list(images), list(masks)
-        if not images:
-            raise BadImageError(f"class {name!r}: give at least one example image")
-        if len(images) != len(masks):
-            raise BadMaskError(f"class {name!r}: {len(images)} images but {len(masks)} masks")
+        images, masks = shot_lists(name, images, masks)
         encoded_images, encoded_masks = [], []
         for k, (image, mask) in enumerate(zip(images, masks)):
             rgb = as_rgb(image, color, f"class {name!r} shot {k} image")

@@ -41,6 +41,19 @@ class ServerError(SCCANError):
     """tritonserver could not be found, started, or did not become ready."""
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports free on loopback now (for a server started right after: tests, benchmarks)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "sccan" / "tritonserver"

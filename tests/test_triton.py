@@ -5,7 +5,6 @@ it). Skipped with the reason elsewhere, except in CI, where a missing server is 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 
@@ -20,7 +19,7 @@ from sccan.sdk import Segmenter  # noqa: E402
 from sccan.sdk.errors import BadImageError, CorruptCacheError, EmptyMaskError, UnknownClassError  # noqa: E402
 from sccan.serve import make_repository  # noqa: E402
 from sccan.serve.remote import RemoteSegmenter  # noqa: E402
-from sccan.serve.server import ServerError, TritonServer, find_tritonserver  # noqa: E402
+from sccan.serve.server import ServerError, TritonServer, find_tritonserver, free_ports  # noqa: E402
 
 SERVE_PYTHON = os.environ.get("SCCAN_SERVE_PYTHON") or sys.executable
 
@@ -37,16 +36,6 @@ _why = _serving_environment()
 if _why and os.environ.get("CI") == "true":
     raise RuntimeError(f"CI must run the Triton tests (.ci/run makes the serving environment): {_why}")
 pytestmark = [pytest.mark.serve, pytest.mark.skipif(_why is not None, reason=f"no Triton server here: {_why}")]
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def register(seg) -> None:
@@ -70,7 +59,7 @@ def test_served_segmenter_equals_in_process_and_survives_a_restart(small_export,
     register(local)
     frames = [scene(100 + i)[0] for i in range(6)] + [scene(200, 61, 37)[0], scene(201, 45, 90)[0]]
     wants = [local.segment(f) for f in frames]
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     with TritonServer(repo, http, grpc, metrics, python=SERVE_PYTHON) as server:
         remote = RemoteSegmenter(server.http_url)
         assert remote.classes == []
@@ -161,7 +150,7 @@ def test_graphs_as_models_called_through_bls(small_export, tmp_path):
     local = Segmenter(bundle)
     register(local)
     frames = [scene(300 + i)[0] for i in range(3)]
-    with TritonServer(repo, *_free_ports(3), python=SERVE_PYTHON) as server:
+    with TritonServer(repo, *free_ports(3), python=SERVE_PYTHON) as server:
         remote = RemoteSegmenter(server.http_url)
         register(remote)
         for frame in frames:
