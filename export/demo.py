@@ -37,6 +37,12 @@ def _tile(image: np.ndarray, size: int = 160) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.real:
+        from .real_demo import run_real
+
+        return run_real(args)
+    if args.video or args.mask or args.sequence:
+        raise SCCANError("--video, --mask and --sequence go with --real (the real-photo model)")
     if args.episodes < 1:
         raise SCCANError(f"--episodes must be at least 1, got {args.episodes}")
     if args.grid < 0:
@@ -122,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="export and run the shipped synthetic few-shot model on this CPU")
-    p.add_argument("--workdir", default="sccan-demo", help="where the bundle and pictures go (default sccan-demo/)")
+    p.add_argument("--workdir", "--output", default="sccan-demo",
+                   help="where the bundle and pictures go (default sccan-demo/)")
     p.add_argument("--config", default="synthetic_lite0", help="config (name or file) of the data and model")
     p.add_argument("--checkpoint", help="use this checkpoint instead of the shipped one")
     p.add_argument("--train", action="store_true",
@@ -130,4 +137,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=40, help="held-out episodes to segment")
     p.add_argument("--grid", type=int, default=8, help="episodes drawn in the overlay grid (0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    real = p.add_argument_group("real photos (--real): the shipped real-photo edge model on your clip")
+    real.add_argument("--real", action="store_true", help="register an object from a clip's first frame, segment "
+                      "the rest, write an MP4 and a strip, print J and F where masks exist")
+    real.add_argument("--video", help="a DAVIS-layout folder, a folder of frames or a video file")
+    real.add_argument("--sequence", help="the sequence in a DAVIS-layout folder (default: the first)")
+    real.add_argument("--mask", help="the first frame's mask (folder of frames or video file)")
+    real.add_argument("--frames", type=int, default=60, help="frames to read at most (default 60)")
+    real.add_argument("--fps", type=float, default=6.0, help="frame rate of the MP4 (default 6)")
     p.set_defaults(func=run)

@@ -157,7 +157,7 @@ def test_shipped_configs_load_and_build():
         model = dict(config["model"])
         model.pop("pretrained_backbone", None)
         SCCANConfig(**model)  # a valid model configuration
-        assert config["data"]["dataset"] in ("synthetic", "pascal", "coco", "folder"), f
+        assert config["data"]["dataset"] in ("synthetic", "pascal", "coco", "folder", "mixed"), f
     paper = load_config("paper/coco_fold3_resnet50_5shot")
     assert paper["data"]["fold"] == 3 and paper["data"]["shots"] == 5 and paper["eval"]["episodes"] == 4000
 

@@ -186,3 +186,25 @@ def test_label_png_folders_make_episodes_of_held_out_classes():
             assert not values & {test_id for test_id in test.class_names}
     with pytest.raises(DatasetError, match="unknown classes .*unicorn"):
         build_dataset({**data, "test_classes": ["unicorn"]}, "test", seed=0)
+
+
+def test_cross_support_control_gives_each_sequence_the_next_ones_support():
+    from sccan.train.video import evaluate_videos, read_frame
+
+    sequences = list_sequences(DAVIS, ["blackswan", "libby", "car-shadow"])
+    first = {s.name: int(read_frame(s.frames[0]).sum()) for s in sequences}
+    seen: list[tuple[int, int]] = []
+
+    def predict(episode):  # a predictor that answers with the support's own mask
+        seen.append((int(episode.support[0].sum()), int(episode.query.sum())))
+        return episode.support_labels[0]
+
+    own = evaluate_videos(predict, sequences, progress=False)
+    assert {s for s, _ in seen} == set(first.values())
+    seen.clear()
+    cross = evaluate_videos(predict, sequences, cross_support=True, progress=False)
+    queries = [len(s.frames) - 1 for s in sequences]
+    expected = [first["libby"]] * queries[0] + [first["car-shadow"]] * queries[1] + [first["blackswan"]] * queries[2]
+    assert [s for s, _ in seen] == expected
+    # the first frame's mask predicts its own later frames far better than another object's mask does
+    assert own.j_mean > cross.j_mean + 0.3, (own.j_mean, cross.j_mean)

@@ -109,7 +109,8 @@ def run_video_eval(args: argparse.Namespace) -> int:
         source = {"checkpoint": str(args.checkpoint), "prior_only": bool(args.prior_only), "size": size}
     out = Path(args.output) if args.output else None
     result = evaluate_videos(predict, sequences, shots, strips=out / "strips" if out else None,
-                             progress=not args.quiet)
+                             progress=not args.quiet, cross_support=args.cross_support)
+    source["cross_support"] = bool(args.cross_support)
     if out:
         write_json_atomic(out / "video_eval.json", {**source, "video_root": str(args.video_root),
                                                     **result.to_dict()})
@@ -147,6 +148,9 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", type=int, help="shots per episode (default: the config's; 1 with --video-root)")
     p.add_argument("--size", type=int, help="network input size (default: the config's; 473 with --video-root)")
     p.add_argument("--prior-only", action="store_true", help="score the prior mask alone (a baseline)")
+    p.add_argument("--cross-support", action="store_true",
+                   help="with --video-root, a control: each sequence segmented with the next sequence's support "
+                        "(another object); what stays is what the model finds without its support")
     p.add_argument("--output", help="directory for eval.json, eval.txt and episodes.png")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)

@@ -13,10 +13,11 @@ from sccan.sdk.errors import SCCANError
 DEFAULTS: dict[str, Any] = {
     "model": {"backbone": "resnet50"},
     "backbone_weights": None,
+    "init_checkpoint": None,
     "data": {"dataset": "synthetic", "size": 473, "shots": 1},
     "train": {"epochs": 200, "batch_size": 8, "lr": 0.005, "momentum": 0.9, "weight_decay": 1e-4, "power": 0.9,
               "transformer_lr": 6e-5, "transformer_weight_decay": 0.01, "max_steps": None, "seed": 123,
-              "amp": True, "log_every": 10, "workers": 0},
+              "amp": True, "log_every": 10, "workers": 0, "time_budget_s": None},
     "eval": {"episodes": 1000, "seed": 321, "every": 1},
     "output": "runs/sccan",
 }

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from sccan.sdk.errors import SCCANError
 
-from .checkpoint import load_backbone_weights, read_checkpoint, save_checkpoint
+from .checkpoint import load_backbone_weights, load_model, read_checkpoint, save_checkpoint
 from .data.datasets import build_dataset
 from .data.episodes import collate
 from .evaluate import evaluate, model_predictor, save_grid
@@ -137,6 +137,9 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
     model = build_model(**config["model"])
     if config.get("backbone_weights"):
         load_backbone_weights(model, config["backbone_weights"])
+    if config.get("init_checkpoint") and not resume:
+        # A second stage: start from trained weights with fresh optimisers and schedule.
+        model.load_state_dict(load_model(config["init_checkpoint"], model.config).state_dict(), strict=True)
     model.to(device)
     sgd, adamw = optimizers(model, tcfg)
     train_set = build_dataset(dcfg, "train", seed=tcfg["seed"])
@@ -148,6 +151,10 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
     if tcfg.get("max_steps"):
         total_steps = min(total_steps, int(tcfg["max_steps"]))
 
+    budget = tcfg.get("time_budget_s")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
     start_epoch, global_step, best = 0, 0, -1.0
     if resume:
         state = read_checkpoint(resume)
@@ -179,6 +186,7 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
         if _main_thread() else {}
     last = output / "last.pt"
     epochs_done = start_epoch
+    clock = {"start": time.perf_counter(), "first_step": global_step}
     try:
         for epoch in range(start_epoch, tcfg["epochs"]):
             if global_step >= total_steps:
@@ -191,8 +199,10 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
             index_lists = [[i % len(train_set) for i in range(rank * per_rank + step * batch,
                                                               rank * per_rank + (step + 1) * batch)]
                            for step in range(done_in_epoch, steps_per_epoch)]
+            waited, ready = 0.0, time.perf_counter()
             for step, inputs in zip(bar, episode_batches(train_set, index_lists, model.mean, model.std,
                                                          int(tcfg.get("workers") or 0))):
+                waited += time.perf_counter() - ready  # time the step waited for its batch
                 sgd.param_groups[0]["lr"] = poly_lr(tcfg["lr"], global_step, total_steps, tcfg["power"])
                 sgd.zero_grad(set_to_none=True)
                 adamw.zero_grad(set_to_none=True)
@@ -207,13 +217,17 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
                 scaler.step(adamw)
                 scaler.update()
                 global_step += 1
+                if budget and world == 1:
+                    total_steps = _fit_budget(clock, global_step, total_steps, float(budget), log_path)
                 if rank == 0 and global_step % tcfg["log_every"] == 0:
                     record = {"step": global_step, "epoch": epoch, "loss": float(loss.detach()),
-                              "lr": sgd.param_groups[0]["lr"], "time": time.time()}
+                              "lr": sgd.param_groups[0]["lr"], "data_wait_s": round(waited, 3), "time": time.time()}
+                    waited = 0.0
                     _log(log_path, record, tb)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                 if stop["signal"] is not None or global_step >= total_steps or global_step == stop_after:
                     break
+                ready = time.perf_counter()
             epoch_done = global_step % steps_per_epoch == 0 or global_step >= total_steps
             interrupted = stop["signal"] is not None or (global_step == stop_after and global_step < total_steps)
             if interrupted or not epoch_done:
@@ -251,6 +265,26 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
         (output / f"rank{rank}.digest").write_text(weights_digest(model) + "\n")
         dist.barrier()
     return TrainResult(output, global_step, epochs_done, best, last)
+
+
+#: Steps timed before a time budget fixes the schedule's length (the first 10 are warm-up).
+BUDGET_WARMUP, BUDGET_PROBE = 10, 40
+
+
+def _fit_budget(clock: dict[str, float], step: int, total: int, budget: float, log_path: Path) -> int:
+    """With ``train.time_budget_s``, once the step rate is known, shorten the schedule (the poly
+    decay's end) so that training ends within the budget, evaluation excluded. The number of steps
+    chosen is logged (``budget_steps``): pass it as ``train.max_steps`` to repeat the run exactly."""
+    done = step - clock["first_step"]
+    if done == BUDGET_WARMUP:
+        clock["probe"] = time.perf_counter()
+    elif done == BUDGET_WARMUP + BUDGET_PROBE:
+        rate = BUDGET_PROBE / (time.perf_counter() - clock["probe"])
+        left = budget - (time.perf_counter() - clock["start"])
+        fitted = min(total, step + max(0, int(left * rate)))
+        _log(log_path, {"step": step, "budget_steps": fitted, "steps_per_s": rate, "time": time.time()}, None)
+        return fitted
+    return total
 
 
 def _main_thread() -> bool:

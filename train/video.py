@@ -160,18 +160,30 @@ class VideoResult:
 
 
 def evaluate_videos(predict: Callable[[Episode], np.ndarray], sequences: Sequence[VideoSequence], shots: int = 1,
-                    strips: str | Path | None = None, progress: bool = True) -> VideoResult:
+                    strips: str | Path | None = None, progress: bool = True, cross_support: bool = False
+                    ) -> VideoResult:
     """Score ``predict`` (an episode -> query mask predictor of :mod:`sccan.train.evaluate`) on each
     sequence; with ``strips``, write a PNG per sequence there (support, then queries with the
-    prediction in red and the truth's outline in green)."""
+    prediction in red and the truth's outline in green).
+
+    ``cross_support`` is a control: each sequence's queries get the support of the next sequence
+    (another object). A model that segments what its support shows drops; one that segments the
+    most salient object (DAVIS frames hold one) does not.
+    """
     results = []
     queries = sum(max(0, len(s.frames) - shots) for s in sequences)
     bar = tqdm(total=queries, desc="video eval", unit="frame", disable=not progress, leave=False)
     for seq in sequences:
         if len(seq.frames) <= shots:
             continue
-        support = [read_frame(p) for p in seq.frames[:shots]]
-        labels = [read_mask(p) for p in seq.masks[:shots]]
+        source = seq
+        if cross_support:
+            others = [s for s in sequences if s.name != seq.name and len(s.frames) >= shots]
+            if not others:
+                raise DatasetError("cross_support needs a second sequence with a support")
+            source = others[(sequences.index(seq)) % len(others)]
+        support = [read_frame(p) for p in source.frames[:shots]]
+        labels = [read_mask(p) for p in source.masks[:shots]]
         result, tiles = SequenceResult(seq.name), [_tile(support[0], labels[0], None)]
         for frame_path, mask_path in zip(seq.frames[shots:], seq.masks[shots:]):
             frame, truth = read_frame(frame_path), read_mask(mask_path)

@@ -90,8 +90,9 @@ class SegmentationFewShot:
 
     def __init__(self, index: FewShotIndex, split: str, shots: int, episodes: int, seed: int, size: int,
                  scale: tuple[float, float], mean: tuple[float, float, float],
-                 binarize: Callable[[np.ndarray, int], np.ndarray] | None = None):
+                 binarize: Callable[[np.ndarray, int], np.ndarray] | None = None, max_side: int | None = None):
         index.check_shots(shots)
+        self.max_side = max_side
         self.index, self.split, self.shots, self.episodes = index, split, shots, episodes
         self.seed, self.size, self.scale, self.mean = seed, size, scale, mean
         self.classes = sorted(index.by_class)
@@ -111,6 +112,8 @@ class SegmentationFewShot:
         raw = read_label(item.label, image.shape[:2])
         if image.shape[:2] != raw.shape:
             raise OSError(f"image {item.image} is {image.shape[:2]} but its label {item.label} is {raw.shape}")
+        if self.max_side and max(image.shape[:2]) > self.max_side:
+            image, raw = shrink(image, raw, self.max_side)
         label = self.binarize(raw, cls)
         if self.split == "train":
             image, label = augment(image, label, self.size, rng, self.scale, self.mean)
@@ -140,6 +143,20 @@ class SegmentationFewShot:
             return ""
         lines = [f"{len(self.errors)} unreadable files were skipped:"] + [f"  {v}" for v in self.errors.values()]
         return "\n".join(lines)
+
+
+def shrink(image: np.ndarray, label: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Downscale an image (area) and its label (nearest) so that the longer side is ``max_side``.
+
+    PFENet's recipe crops ``size`` from the image at its own scale; photos much larger than
+    ``size`` (a 825-px fashion photo for a 321 crop) would show only part of the object, while
+    test images are resized whole. ``data.max_side`` brings such sources to PASCAL's proportions.
+    """
+    h, w = label.shape
+    f = max_side / max(h, w)
+    nw, nh = max(1, round(w * f)), max(1, round(h * f))
+    return (cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA),
+            cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST))
 
 
 def binarize_class(raw: np.ndarray, cls: int) -> np.ndarray:

@@ -86,22 +86,31 @@ def read_yolo_label(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return label
 
 
-def build_index(root: str | Path, classes: list[str | int], split: str = "train2017",
-                names_file: str | Path | None = None) -> FewShotIndex:
+def build_index(root: str | Path, classes: list[str | int] | None, split: str = "train2017",
+                names_file: str | Path | None = None, exclude: list[str | int] | tuple = (),
+                min_images: int = 1) -> FewShotIndex:
     """Items of ``split`` holding the named classes. Class ids in the index are YOLO ids + 1 (the
-    label values); ``classes`` are names or YOLO ids."""
+    label values); ``classes`` are names or YOLO ids (None: every class not in ``exclude``).
+    Images showing an ``exclude`` class at any size are left out; classes with fewer than
+    ``min_images`` images are dropped (when ``classes`` is None) or an error (when named)."""
     root = Path(root)
     images, labels = root / "images" / split, root / "labels" / split
     if not images.is_dir() or not labels.is_dir():
         raise DatasetError(f"YOLO-seg root {root}: no images/{split} or labels/{split} ({LAYOUT})")
     names = load_names(root, names_file)
     by_name = {v: k for k, v in names.items()}
-    wanted = {}
-    for c in classes:
+
+    def class_id(c: str | int) -> int:
         cid = c if isinstance(c, int) else by_name.get(str(c))
         if cid is None or cid not in names:
             raise DatasetError(f"YOLO-seg root {root}: unknown class {c!r}; known: {sorted(by_name)[:20]}...")
-        wanted[cid + 1] = names[cid]
+        return cid
+
+    banned = {class_id(c) + 1 for c in exclude}
+    chosen = [class_id(c) for c in classes] if classes is not None else [c for c in names if c + 1 not in banned]
+    wanted = {cid + 1: names[cid] for cid in chosen}
+    if set(wanted) & banned:
+        raise DatasetError(f"classes both wanted and excluded: {sorted(names[c - 1] for c in set(wanted) & banned)}")
     items, by_class = [], {}
     for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         label = labels / f"{image.stem}.txt"
@@ -111,11 +120,16 @@ def build_index(root: str | Path, classes: list[str | int], split: str = "train2
             polygons = parse_polygons(label)
         except OSError:
             continue  # reported when an episode reads it
+        if banned & {cls + 1 for cls, _ in polygons}:
+            continue
         present = {cls + 1 for cls, pts in polygons if polygon_area(pts) >= MIN_AREA_FRACTION} & set(wanted)
         if present:
             for cid in present:
                 by_class.setdefault(cid, []).append(len(items))
             items.append(Item(image, label))
-    if not items:
+    if classes is None:
+        by_class = {c: v for c, v in by_class.items() if len(v) >= min_images}
+        wanted = {c: n for c, n in wanted.items() if c in by_class}
+    if not items or not by_class:
         raise DatasetError(f"YOLO-seg root {root}: no image in {split} holds the classes {list(wanted.values())}")
     return FewShotIndex(items, by_class, wanted)

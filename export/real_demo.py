@@ -1,0 +1,149 @@
+"""``sccan demo --real``: the shipped real-photo edge model on a clip or photos you point it to.
+
+Exports ``sccan/train/weights/real_lite0.pt`` (EfficientNet-Lite0 at 321 px, trained on COCO-128
+and the clothing photos, see ``train/configs/real_lite0*.yaml``) to ``OUTPUT/bundle`` with the
+parity gate, registers the object from the first frame and its mask through the SDK, segments
+every later frame, and writes ``OUTPUT/real_demo.mp4`` and ``OUTPUT/real_demo_strip.png``. Where
+the later frames have masks (a DAVIS-layout folder), it prints J and F.
+
+The checkpoint is reproduced, from the repository root with ``../shared/realdata`` beside it, by::
+
+    sccan train --config real_lite0           # stage 1 -> runs/real_lite0/last.pt
+    sccan train --config real_lite0_stage2    # stage 2, from it -> runs/real_lite0_stage2/last.pt
+    python -m sccan.train.checkpoint runs/real_lite0_stage2/last.pt real_lite0.pt   # weights only
+
+(run on an NVIDIA H100, 2049 + 1494 steps in 6.5 + 4.5 minutes, on a copy of the photos made with
+``python -m sccan.train.data.shrink SRC DST --max-side 352 --quality 85``, which is what
+``data.max_side: 352`` does on every read, re-encoded as JPEG; GPU kernels are not bit-reproducible.)
+
+No photos ship with the package (the licences of the real sets here allow research use, not
+redistribution), so ``--video`` names one of:
+
+* a DAVIS-layout root (``JPEGImages/480p/<seq>/``, ``Annotations/480p/<seq>/``), with ``--sequence``;
+* a folder of frames (or photos of one object), with ``--mask`` for the first of them;
+* a video file, with ``--mask`` for its first frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sccan.sdk import SCCANError, Segmenter
+
+#: The shipped real-photo model and its input size.
+REAL_CHECKPOINT = Path(__file__).resolve().parents[1] / "train" / "weights" / "real_lite0.pt"
+REAL_SIZE = 321
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def read_mask(path: Path) -> np.ndarray:
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise SCCANError(f"cannot read mask {path}")
+    return (mask > 0).astype(np.uint8)
+
+
+def load_clip(video: Path, sequence: str | None, mask: Path | None, max_frames: int
+              ) -> tuple[str, list[np.ndarray], np.ndarray, list[np.ndarray | None]]:
+    """(name, BGR frames, the first frame's mask, truth masks of the later frames or None)."""
+    if not video.exists():
+        raise SCCANError(f"--video {video} does not exist")
+    if video.is_dir() and ((video / "JPEGImages").is_dir() or (video / "Annotations").is_dir()):
+        from sccan.train.video import list_sequences
+
+        seq = list_sequences(video, [sequence] if sequence else None)[0]
+        frames = [_imread(p) for p in seq.frames[:max_frames]]
+        masks = [read_mask(p) for p in seq.masks[:max_frames]]
+        return seq.name, frames, masks[0], masks[1:]
+    if mask is None:
+        raise SCCANError("--mask is needed with a folder of frames or a video file (the object in the first "
+                         "frame: any non-zero pixel is the object)")
+    if video.is_dir():
+        paths = sorted(p for p in video.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:max_frames]
+        if len(paths) < 2:
+            raise SCCANError(f"--video {video} holds {len(paths)} image(s); the demo needs a first frame and more")
+        frames = [_imread(p) for p in paths]
+    else:
+        capture = cv2.VideoCapture(str(video))
+        frames = []
+        while len(frames) < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+        capture.release()
+        if len(frames) < 2:
+            raise SCCANError(f"cannot read two frames from {video} (not a video OpenCV can decode?)")
+    first = read_mask(mask)
+    if first.shape != frames[0].shape[:2]:
+        raise SCCANError(f"--mask {mask} is {first.shape[1]} x {first.shape[0]} but the first frame is "
+                         f"{frames[0].shape[1]} x {frames[0].shape[0]}")
+    return video.stem, frames, first, [None] * (len(frames) - 1)
+
+
+def _imread(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SCCANError(f"cannot read image {path}")
+    return image
+
+
+def run_real(args: argparse.Namespace) -> int:
+    from sccan.train.video import _tile, boundary_measure, region_similarity
+
+    from .exporter import export_bundle
+
+    if not args.video:
+        raise SCCANError("sccan demo --real needs --video: a DAVIS-layout folder (with --sequence), a folder of "
+                         "frames or a video file (with --mask for the first frame). No photos ship with the "
+                         "package; this team's copies are in ../shared/realdata (davis2016-val-part)")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else REAL_CHECKPOINT
+    if not checkpoint.is_file():
+        raise SCCANError(f"checkpoint {checkpoint} does not exist")
+    name, frames, first_mask, truths = load_clip(Path(args.video), args.sequence,
+                                                 Path(args.mask) if args.mask else None, args.frames)
+    if not first_mask.any():
+        raise SCCANError("the first frame's mask is empty: nothing to register")
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    print(f"[1/3] exporting the real-photo edge model {checkpoint.name} ({REAL_SIZE} px) with the parity gate...")
+    bundle = export_bundle(checkpoint, work / "bundle", size=REAL_SIZE, max_shots=2, max_classes=2,
+                           check_episodes=1, fp16=False, force=True, progress=not args.quiet).bundle
+    seg = Segmenter(bundle, backend="onnxruntime")
+    print(f"[2/3] registering '{name}' from its first frame, segmenting {len(frames) - 1} more (ONNX Runtime, CPU)...")
+    seg.add_class(name, [frames[0]], [first_mask])
+    h, w = frames[0].shape[:2]
+    video_path = work / "real_demo.mp4"
+    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), args.fps, (w, h))
+    j, f, tiles, timings = [], [], [_tile(frames[0][..., ::-1], first_mask, None)], []
+    for frame, truth in zip(frames[1:], truths):
+        if frame.shape[:2] != (h, w):
+            frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        result = seg.segment(frame, classes=[name])
+        timings.append(result.timings)
+        mask = result.masks[name].astype(np.uint8)
+        if writer.isOpened():
+            writer.write(result.overlay(frame))
+        if truth is not None:
+            j.append(region_similarity(mask, truth))
+            f.append(boundary_measure(mask, truth))
+        if len(tiles) < 8:
+            tiles.append(_tile(frame[..., ::-1], mask, truth))
+    writer.release()
+    strip = work / "real_demo_strip.png"
+    cv2.imwrite(str(strip), np.concatenate(tiles, axis=1)[..., ::-1])
+    median = {k: 1000 * float(np.median([t[k] for t in timings])) for k in timings[0]}
+    print(f"[3/3] wrote {video_path if video_path.is_file() and video_path.stat().st_size else '(no MP4: '}"
+          f"{'' if video_path.is_file() and video_path.stat().st_size else 'this OpenCV cannot write mp4v)'} "
+          f"and {strip} (support in blue, predictions in red, truth outlined in green)")
+    print(f"median latency per {w} x {h} frame (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in median.items()))
+    if j:
+        print(f"J mean {np.mean(j):.3f}, F mean {np.mean(f):.3f} over {len(j)} frames of {name}")
+    print(f"bundle:   {bundle}\ntotal:    {time.perf_counter() - started:.0f} s")
+    return 0
