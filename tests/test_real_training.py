@@ -217,3 +217,20 @@ def test_real_demo_registers_from_the_first_frame_and_scores_the_rest(tmp_path):
         assert out.returncode != 0 and message in out.stderr, (extra, out.stderr[-500:])
     out = subprocess.run(["sccan", "demo", "--video", str(frames)], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "go with --real" in out.stderr
+
+
+def test_cross_support_episodes_keep_the_query_and_take_another_class_support():
+    from sccan.train.evaluate import CrossSupport
+
+    data = {"dataset": "synthetic", "size": 65, "shots": 1}
+    episodes = build_dataset(data, "test", seed=4, episodes=12)
+    cross = CrossSupport(episodes)
+    assert len(cross) == 12
+    for i in range(12):
+        own, swapped = episodes[i], cross[i]
+        assert np.array_equal(own.query, swapped.query) and swapped.class_id == own.class_id
+        donor = next(episodes[(i + k) % 12] for k in range(1, 12) if episodes[(i + k) % 12].class_id != own.class_id)
+        assert np.array_equal(swapped.support[0], donor.support[0])
+    one_class = build_dataset({**data, "num_novel": 1}, "test", seed=4, episodes=3)
+    with pytest.raises(ValueError, match="two classes"):
+        CrossSupport(one_class)[0]

@@ -29,7 +29,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .config import load_config
     from .data.datasets import build_dataset
-    from .evaluate import bundle_predictor, evaluate, model_predictor, prior_predictor, save_grid
+    from .evaluate import CrossSupport, bundle_predictor, evaluate, model_predictor, prior_predictor, save_grid
 
     if (args.checkpoint is None) == (args.bundle is None):
         print("sccan eval: give a checkpoint or --bundle DIR (one of them)", file=sys.stderr)
@@ -50,6 +50,8 @@ def run_eval(args: argparse.Namespace) -> int:
     episodes = args.episodes or config["eval"]["episodes"]
     dataset = build_dataset(data, "test", seed=args.seed if args.seed is not None else config["eval"]["seed"],
                             episodes=episodes)
+    if args.cross_support:
+        dataset = CrossSupport(dataset)
     if args.bundle:
         predict = bundle_predictor(args.bundle, backend=args.backend, precision=args.precision)
         segmenter = predict.segmenter
@@ -66,6 +68,7 @@ def run_eval(args: argparse.Namespace) -> int:
         size = args.size or data["size"]
         predict = prior_predictor(model, size) if args.prior_only else model_predictor(model, size)
         source = {"checkpoint": str(args.checkpoint), "prior_only": bool(args.prior_only)}
+    source["cross_support"] = bool(args.cross_support)
     result = evaluate(predict, (dataset[i] for i in range(len(dataset))), total=len(dataset),
                       progress=not args.quiet)
     print(result.table(getattr(dataset, "class_names", None)))
@@ -149,8 +152,9 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, help="network input size (default: the config's; 473 with --video-root)")
     p.add_argument("--prior-only", action="store_true", help="score the prior mask alone (a baseline)")
     p.add_argument("--cross-support", action="store_true",
-                   help="with --video-root, a control: each sequence segmented with the next sequence's support "
-                        "(another object); what stays is what the model finds without its support")
+                   help="a control: each query segmented with another object's support (--video-root: the next "
+                        "sequence's; episodes: the next episode of another class); what stays is what the model "
+                        "finds without its support")
     p.add_argument("--output", help="directory for eval.json, eval.txt and episodes.png")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)

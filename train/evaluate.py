@@ -159,6 +159,28 @@ def evaluate(predict: Predictor, episodes: Iterable[Episode], total: int | None 
     return EvalResult(meter.miou, meter.fbiou, meter.per_class(), n, samples)
 
 
+class CrossSupport:
+    """A control over an episode set: episode ``i``'s query with the support of the next episode of
+    another class (cyclically). A model that segments what its support shows drops; one that
+    segments whatever is salient does not. Labels and class ids stay the query's."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.class_names = getattr(dataset, "class_names", {})
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Episode:
+        episode, n = self.dataset[index], len(self.dataset)
+        for k in range(1, n):
+            other = self.dataset[(index + k) % n]
+            if other.class_id != episode.class_id:
+                return Episode(episode.query, episode.query_label, other.support, other.support_labels,
+                               episode.class_id)
+        raise ValueError("the cross-support control needs episodes of at least two classes")
+
+
 def save_grid(samples: list[tuple[Episode, np.ndarray]], path: str | Path, tile: int = 160) -> Path:
     """A PNG, one row per episode: support | query | prediction | truth (masks drawn over the images)."""
 
