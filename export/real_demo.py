@@ -27,6 +27,7 @@ redistribution), so ``--video`` names one of:
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -34,18 +35,17 @@ import cv2
 import numpy as np
 
 from sccan.sdk import SCCANError, Segmenter
+from sccan.sdk.sources import open_source, read_image
+from sccan.sdk.sources import read_mask as read_mask_file
 
 #: The shipped real-photo model and its input size.
 REAL_CHECKPOINT = Path(__file__).resolve().parents[1] / "train" / "weights" / "real_lite0.pt"
 REAL_SIZE = 321
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def read_mask(path: Path) -> np.ndarray:
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise SCCANError(f"cannot read mask {path}")
-    return (mask > 0).astype(np.uint8)
+    """A 0/1 mask from a file (any non-zero pixel is the object), or the SDK's error naming it."""
+    return (read_mask_file(path) > 0).astype(np.uint8)
 
 
 def load_clip(video: Path, sequence: str | None, mask: Path | None, max_frames: int
@@ -57,40 +57,23 @@ def load_clip(video: Path, sequence: str | None, mask: Path | None, max_frames: 
         from sccan.train.video import list_sequences
 
         seq = list_sequences(video, [sequence] if sequence else None)[0]
-        frames = [_imread(p) for p in seq.frames[:max_frames]]
+        frames = [read_image(p) for p in seq.frames[:max_frames]]
         masks = [read_mask(p) for p in seq.masks[:max_frames]]
         return seq.name, frames, masks[0], masks[1:]
     if mask is None:
         raise SCCANError("--mask is needed with a folder of frames or a video file (the object in the first "
                          "frame: any non-zero pixel is the object)")
-    if video.is_dir():
-        paths = sorted(p for p in video.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:max_frames]
-        if len(paths) < 2:
-            raise SCCANError(f"--video {video} holds {len(paths)} image(s); the demo needs a first frame and more")
-        frames = [_imread(p) for p in paths]
-    else:
-        capture = cv2.VideoCapture(str(video))
-        frames = []
-        while len(frames) < max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame)
-        capture.release()
-        if len(frames) < 2:
-            raise SCCANError(f"cannot read two frames from {video} (not a video OpenCV can decode?)")
+    source = open_source(str(video))  # a folder of images (sorted by name) or a video file
+    frames = [frame for _, frame in itertools.islice(source.frames, max_frames)]
+    if source.skipped:  # a frame missing from a clip would shift every later one: refuse, naming it
+        raise SCCANError(source.skipped[0][1])
+    if len(frames) < 2:
+        raise SCCANError(f"--video {video}: {len(frames)} frame(s) read; the demo needs a first frame and more")
     first = read_mask(mask)
     if first.shape != frames[0].shape[:2]:
         raise SCCANError(f"--mask {mask} is {first.shape[1]} x {first.shape[0]} but the first frame is "
                          f"{frames[0].shape[1]} x {frames[0].shape[0]}")
     return video.stem, frames, first, [None] * (len(frames) - 1)
-
-
-def _imread(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise SCCANError(f"cannot read image {path}")
-    return image
 
 
 def run_real(args: argparse.Namespace) -> int:

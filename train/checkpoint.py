@@ -125,7 +125,11 @@ def load_model(path: str | os.PathLike, config: SCCANConfig | None = None) -> SC
     Raises:
         CheckpointError: not a checkpoint, truncated, missing/unexpected keys, shape mismatch.
     """
-    obj = _read(path)
+    return _model_from(_read(path), path, config)
+
+
+def _model_from(obj: Any, path: str | os.PathLike, config: SCCANConfig | None) -> SCCAN:
+    """:func:`load_model` on a checkpoint's contents already read from ``path``."""
     if config is None and isinstance(obj, dict) and obj.get("format") == FORMAT:
         try:
             config = SCCANConfig.from_dict(obj["config"])
@@ -219,8 +223,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """The weights of a training checkpoint without its optimiser and RNG state, and (Lite-0) without
     the packaged backbone: what to ship (``python -m sccan.train.checkpoint SRC DST``)."""
-    model = load_model(src)
     obj = _read(src)
+    model = _model_from(obj, src, None)
     keep = {k: obj[k] for k in ("epoch", "step", "train_config") if k in obj}
     return save_checkpoint(model, dst, packaged_backbone=model.config.backbone == "efficientnet_lite0", **keep)
 

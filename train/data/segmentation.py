@@ -152,11 +152,16 @@ def shrink(image: np.ndarray, label: np.ndarray, max_side: int) -> tuple[np.ndar
     ``size`` (a 825-px fashion photo for a 321 crop) would show only part of the object, while
     test images are resized whole. ``data.max_side`` brings such sources to PASCAL's proportions.
     """
-    h, w = label.shape
-    f = max_side / max(h, w)
-    nw, nh = max(1, round(w * f)), max(1, round(h * f))
+    nh, nw = shrunk_size(label.shape, max_side)
     return (cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA),
             cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST))
+
+
+def shrunk_size(shape: tuple[int, ...], max_side: int) -> tuple[int, int]:
+    """(height, width) of ``shape`` scaled so that the longer side is ``max_side``."""
+    h, w = shape[:2]
+    f = max_side / max(h, w)
+    return max(1, round(h * f)), max(1, round(w * f))
 
 
 def binarize_class(raw: np.ndarray, cls: int) -> np.ndarray:

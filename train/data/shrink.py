@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from .segmentation import shrink
+from .segmentation import shrunk_size
 
 LABEL_DIRS = ("label", "mask", "annotation")
 
@@ -22,32 +22,30 @@ LABEL_DIRS = ("label", "mask", "annotation")
 def shrink_tree(src: Path, dst: Path, max_side: int, quality: int = 95) -> int:
     """Returns the number of images downscaled."""
     files = sorted(p for p in src.rglob("*") if p.is_file())
-    labels = {p.relative_to(src).with_suffix("").as_posix(): p for p in files
+    labels = {p for p in files
               if p.suffix.lower() == ".png" and any(k in p.parent.as_posix().lower() for k in LABEL_DIRS)}
-    sizes: dict[str, tuple[int, int]] = {}
-    count = 0
-    for p in tqdm(files, desc="photos"):
+    sizes: dict[str, tuple[int, int]] = {}  # photo stem -> its new (height, width)
+    for p in tqdm([p for p in files if p not in labels], desc="photos"):
         out = dst / p.relative_to(src)
         out.parent.mkdir(parents=True, exist_ok=True)
-        if p.suffix.lower() in (".jpg", ".jpeg") and p not in labels.values():
-            image = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if image is not None and max(image.shape[:2]) > max_side:
-                small, _ = shrink(image, image[..., 0], max_side)
-                cv2.imwrite(str(out), small, [cv2.IMWRITE_JPEG_QUALITY, quality])
-                sizes[p.stem] = small.shape[:2]
-                count += 1
-                continue
-        if p not in labels.values():
+        image = cv2.imread(str(p), cv2.IMREAD_COLOR) if p.suffix.lower() in (".jpg", ".jpeg") else None
+        if image is not None and max(image.shape[:2]) > max_side:
+            h, w = shrunk_size(image.shape[:2], max_side)
+            cv2.imwrite(str(out), cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA),
+                        [cv2.IMWRITE_JPEG_QUALITY, quality])
+            sizes[p.stem] = (h, w)
+        else:
             shutil.copy2(p, out)
-    for p in tqdm(labels.values(), desc="labels"):
+    for p in tqdm(sorted(labels), desc="labels"):
         out = dst / p.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
         label = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         if p.stem in sizes and label is not None:
             h, w = sizes[p.stem]
             cv2.imwrite(str(out), cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST))
         else:
             shutil.copy2(p, out)
-    return count
+    return len(sizes)
 
 
 def main() -> None:
