@@ -36,8 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "GPU, check them against the FP32 graphs in ONNX Runtime, and record them in the "
                                    "bundle's manifest. Needs TensorRT >= 10.3 and an NVIDIA GPU.")
     p.add_argument("bundle", help="model bundle directory (from `sccan export`)")
-    p.add_argument("--precision", default="fp16", choices=("fp16", "fp32", "both"),
-                   help="engines from the FP16 graphs (default), the FP32 graphs (TF32 off), or both")
+    p.add_argument("--precision", default="fp16", choices=("fp16", "fp32", "int8", "both"),
+                   help="engines from the FP16 graphs (default), the FP32 graphs (TF32 off), both, or the INT8 graphs "
+                        "of `sccan quantize` (strongly typed: the graph's Q/DQ nodes set the precision; gated against "
+                        "the INT8 graphs in ONNX Runtime)")
     p.add_argument("--max-classes", type=int, default=None,
                    help="most classes per decode in the engines (default: the bundle's)")
     p.add_argument("--opt-classes", type=int, default=1, help="class count TensorRT tunes for (default 1)")

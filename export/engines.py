@@ -5,7 +5,8 @@ TensorRT Python API >= 10.3, named tensors only. For each precision asked for:
 * networks are **strongly typed** (``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` on 10.x; 11.x
   networks always are) and the FP16 builder flag is never set: an FP16 engine's precision is the
   FP16 graph's own types and Casts (its FP32 islands stay FP32), an FP32 engine is built from the
-  FP32 graph with TF32 cleared, so that it can be held to FP32 tolerances;
+  FP32 graph with TF32 cleared, so that it can be held to FP32 tolerances; an INT8 engine is built
+  from the explicitly quantized graph of ``sccan quantize`` (symmetric INT8 Q/DQ, no INT8 flag);
 * every dynamic dimension gets an optimisation-profile range, the same on every input that shares
   the dimension's name (backbone images and support shots 1/1/max_shots, decoder classes
   1/opt/max_classes, shot slots 1/1/max_shots), repeated ``contexts`` times: each execution context
@@ -16,7 +17,8 @@ TensorRT Python API >= 10.3, named tensors only. For each precision asked for:
   will run) against the FP32 graphs in ONNX Runtime on the bundle's check episodes: FP32 logits
   within 1e-3 x max|logit|, alignment indices equal to PyTorch's where they are decisive (the
   bundle's ``check.npz``), FP16 foreground probabilities within 0.02 and masks agreeing on at
-  least 99.5% of pixels; every profile is exercised. A failure names the first diverging output
+  least 99.5% of pixels; INT8 engines against the INT8 graphs, masks agreeing on at least 99%;
+  every profile is exercised. A failure names the first diverging output
   and leaves the bundle as it was (its previous engines in place); success writes the plans and
   the manifest's ``engines`` section (atomically), with TensorRT, GPU, CUDA, driver and L4T
   versions, the plugin library's sha256, flags, profiles and build seconds.
@@ -48,15 +50,18 @@ from sccan.sdk.preprocess import foreground_probability
 from .episodes import CHECK_FILE, BackendStages, GraphSessions, check_episodes, load_reference, reference_key, \
     run_episode
 
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = ("fp16", "fp32", "int8")
 MIN_TENSORRT = (10, 3)
 DEFAULT_CONTEXTS = 2
 PLUGIN_LIBRARY = "libsccan_trt_plugin.so"
 FP32_TOLERANCE = 1e-3
 FP16_PROB_TOLERANCE = 0.02
 FP16_MASK_AGREEMENT = 0.995
+#: INT8 engines against the INT8 graphs they were built from (in ONNX Runtime): the same quantized
+#: values; what differs is how each runtime's kernels round the requantization.
+INT8_MASK_AGREEMENT = 0.99
 #: relative difference above which an intermediate output counts as diverging (when naming the first)
-STAGE_TOLERANCE = {"fp32": FP32_TOLERANCE, "fp16": 0.05}
+STAGE_TOLERANCE = {"fp32": FP32_TOLERANCE, "fp16": 0.05, "int8": 0.25}
 
 
 class BuildError(SCCANError):
@@ -119,6 +124,9 @@ class BuildResult:
             if precision == "fp32":
                 figures = (f"logits {g.max_relative_logit_diff:.1e} x max|logit| (limit {FP32_TOLERANCE:.0e}), "
                            f"indices {g.index_mismatches} mismatches of {g.indices_checked} decisive")
+            elif precision == "int8":
+                figures = (f"probabilities differ by up to {g.max_probability_diff:.4f}, masks agree "
+                           f"{100 * g.min_mask_agreement:.2f}% (limit {100 * INT8_MASK_AGREEMENT:.0f}%)")
             else:
                 figures = (f"probabilities {g.max_probability_diff:.4f} (limit {FP16_PROB_TOLERANCE}), masks agree "
                            f"{100 * g.min_mask_agreement:.2f}% (limit {100 * FP16_MASK_AGREEMENT:.1f}%)")
@@ -126,7 +134,8 @@ class BuildResult:
             if decoder.get("patch_align") == "plugin":
                 lines.append(f"{precision} decoder uses the patch-alignment plugin"
                              + (f" ({decoder['patch_align_reason']})" if decoder.get("patch_align_reason") else ""))
-            lines.append(f"{precision} gate against the FP32 graphs in ONNX Runtime ({g.episodes} episodes, "
+            against = "the INT8 graphs" if precision == "int8" else "the FP32 graphs"
+            lines.append(f"{precision} gate against {against} in ONNX Runtime ({g.episodes} episodes, "
                          f"{g.profiles_checked} profiles): {figures}: PASSED")
         lines += [f"skipped: {s}" for s in self.skipped]
         return "\n".join(lines) + "\n"
@@ -295,7 +304,8 @@ def build_plan(trt: Any, graph_path: Path, precision: str, shapes: dict[str, tup
                              f"a smaller --max-classes, close other GPU programs (on a Jetson: add swap). "
                              f"TensorRT said: {errors[-1]}")
         raise BuildError(f"TensorRT could not build {graph_path.name}: " + ("; ".join(errors[-3:]) or "no message"))
-    used = {"strongly_typed": True, "fp16_flag": False, "tf32": precision != "fp32",
+    used = {"strongly_typed": True, "fp16_flag": False, "int8_flag": False, "tf32": precision != "fp32",
+            "quantization": "explicit (Q/DQ nodes in the graph)" if precision == "int8" else None,
             "hardware_compatibility": "ampere+" if options.hardware_compatible else "none",
             "workspace_mib": options.workspace_mib}
     return bytes(memoryview(plan)), used
@@ -334,7 +344,8 @@ def _relative(got: np.ndarray, want: np.ndarray) -> float:
 
 def run_gate(bundle: Bundle, precision: str, device: int = 0) -> GateReport:
     """The engines listed in ``bundle.manifest['engines'][precision]`` against the FP32 graphs in
-    ONNX Runtime, on the bundle's check episodes, on every optimisation profile."""
+    ONNX Runtime (INT8 engines: against the INT8 graphs they were built from), on the bundle's check
+    episodes, on every optimisation profile."""
     from sccan.sdk.tensorrt_backend import TensorRTBackend
 
     manifest = bundle.manifest
@@ -342,7 +353,8 @@ def run_gate(bundle: Bundle, precision: str, device: int = 0) -> GateReport:
     episodes = check_episodes(int(check["episodes"]), bundle.input_size, bundle.max_shots, int(check["seed"]))
     reference = load_reference(bundle.path / CHECK_FILE)
     report = GateReport(precision, episodes=len(episodes))
-    onnx_runtime = GraphSessions({g: bundle.graph_path(g, "fp32") for g in GRAPHS})
+    reference_precision = "int8" if precision == "int8" else "fp32"
+    onnx_runtime = GraphSessions({g: bundle.graph_path(g, reference_precision, onnxruntime=True) for g in GRAPHS})
     primary = TensorRTBackend(bundle, device=device, precision=precision)
     backends = [primary]
     try:
@@ -384,6 +396,10 @@ def run_gate(bundle: Bundle, precision: str, device: int = 0) -> GateReport:
         if report.index_mismatches:
             report.failures.append(f"{report.index_mismatches} of {report.indices_checked} decisive patch-alignment "
                                    "indices differ from PyTorch's")
+    elif precision == "int8":
+        if report.min_mask_agreement < INT8_MASK_AGREEMENT:
+            report.failures.append(f"INT8 engine masks agree with the INT8 graphs' on {100 * report.min_mask_agreement:.2f}% "
+                                   f"of pixels (limit {100 * INT8_MASK_AGREEMENT:.0f}%)")
     else:
         if report.max_probability_diff > FP16_PROB_TOLERANCE:
             report.failures.append(f"FP16 foreground probabilities differ by {report.max_probability_diff:.3f} "
@@ -501,7 +517,9 @@ def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None =
         if precision not in PRECISIONS:
             raise BuildError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision not in manifest["graphs"]["backbone"]:
-            raise BuildError(f"the bundle has no {precision} graphs (export it without --no-fp16)")
+            raise BuildError(f"the bundle has no {precision} graphs ("
+                             + ("make them with `sccan quantize BUNDLE --calibration DATA`)" if precision == "int8"
+                                else "export it without --no-fp16)"))
     exported = manifest.get("patch_align", "standard-ops")
     variant = manifest.get("plugin_variant") or {}
     if exported == "plugin" and options.patch_align == "standard-ops":
@@ -578,7 +596,7 @@ def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None =
             reason kept for the error (``plan.hint``)."""
             if options.patch_align != "auto" or plan.mode == "plugin":
                 return False
-            if not variant:
+            if precision not in variant.get("query_decoder", {}):
                 plan.hint = (" (the plugin fallback needs a plugin decoder in the bundle: export it with "
                              "--patch-align both)")
                 return False

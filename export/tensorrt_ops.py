@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from sccan.sdk.patch_align_op import DOMAIN as PLUGIN_DOMAIN
@@ -88,9 +89,49 @@ class Problem:
 
 
 def _constant_names(graph: onnx.GraphProto) -> set[str]:
+    """Initializers, Constant outputs, and the outputs of DequantizeLinear nodes of constants (the
+    quantized weights of an explicitly quantized graph, which TensorRT takes as build-time weights)."""
     names = {i.name for i in graph.initializer}
     names |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    names |= {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in names}
     return names
+
+
+#: Element types TensorRT's explicit quantization takes for Q/DQ (10.3: INT8, FP8, INT4).
+QDQ_TYPES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.FLOAT8E4M3FN: "fp8", onnx.TensorProto.INT4: "int4"}
+
+
+def _qdq_problems(model: onnx.ModelProto) -> list[Problem]:
+    """Q/DQ nodes as TensorRT's explicit quantization requires: scales are constants, zero points
+    are constants equal to 0 of a type it quantizes to (INT8, FP8, INT4: no UINT8)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
+              for n in graph.node if n.op_type == "Constant"}
+    out = []
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        name = node.name or "<unnamed>"
+        if len(node.input) < 2 or (node.input[1] not in inits and node.input[1] not in consts):
+            out.append(Problem(name, node.op_type, "the scale must be an initializer/constant"))
+        if len(node.input) < 3 or not node.input[2]:
+            if node.op_type == "QuantizeLinear" and not _attr(node, "output_dtype", 0):
+                out.append(Problem(name, node.op_type, "no zero point: quantizes to UINT8 (TensorRT: INT8, FP8 "
+                                                       "or INT4 with a zero point of that type)"))
+            continue
+        zp = inits.get(node.input[2]) or consts.get(node.input[2])
+        if zp is None:
+            out.append(Problem(name, node.op_type, "the zero point must be an initializer/constant"))
+            continue
+        if zp.data_type not in QDQ_TYPES:
+            out.append(Problem(name, node.op_type, f"zero point of type "
+                               f"{onnx.TensorProto.DataType.Name(zp.data_type)} (TensorRT: INT8, FP8 or INT4)"))
+        elif zp.data_type == onnx.TensorProto.INT8 and np.any(numpy_helper.to_array(zp) != 0):
+            out.append(Problem(name, node.op_type, "zero point is not 0 (TensorRT quantizes symmetrically)"))
+    return out
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -139,7 +180,7 @@ def check_model(model: onnx.ModelProto, target: str = "10.3") -> list[Problem]:
             problems.append(Problem(name, op, "not supported by the TensorRT ONNX parser"))
             continue
         problems += _restrictions(node, name, constants, ranks)
-    return problems
+    return problems + _qdq_problems(model)
 
 
 def _restrictions(node: onnx.NodeProto, name: str, constants: set[str], ranks: dict[str, int]) -> list[Problem]:

@@ -3,9 +3,9 @@
 from .errors import (BadArgumentError, BadImageError, BadMaskError, BundleError, BundleMismatchError, CheckpointError,
                      CorruptCacheError, EmptyMaskError, MissingFileError, SCCANError, UnknownClassError)
 from .schema import SupportFeatures, SupportLayout, TensorSpec
-from .segmenter import Result, Segmenter
+from .segmenter import Result, Segmenter, UngatedWarning
 
 __all__ = ["Segmenter", "Result", "SCCANError", "BadImageError", "BadMaskError", "EmptyMaskError", "UnknownClassError",
            "BundleError", "BundleMismatchError", "CorruptCacheError", "CheckpointError", "BadArgumentError",
            "MissingFileError", "SupportFeatures",
-           "SupportLayout", "TensorSpec"]
+           "SupportLayout", "TensorSpec", "UngatedWarning"]

@@ -93,8 +93,10 @@ class OnnxRuntimeBackend:
         self.device_type = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
         self.device_id = device if self.device_type == "cuda" else 0
         plugin = bundle.manifest.get("patch_align") == "plugin"
-        self.sessions = {g: ort_session(bundle.graph_path(g, precision), threads, plugin=plugin and g == "query_decoder",
-                                        providers=providers, provider_options=provider_options) for g in GRAPHS}
+        # INT8: the encoding ONNX Runtime's U8S8 kernels fuse (the same values as the INT8 graph)
+        self.sessions = {g: ort_session(bundle.graph_path(g, precision, onnxruntime=True), threads,
+                                        plugin=plugin and g == "query_decoder", providers=providers,
+                                        provider_options=provider_options) for g in GRAPHS}
         self._dtypes = {g: {i.name: np.float16 if i.type == "tensor(float16)" else np.float32
                             for i in s.get_inputs()} for g, s in self.sessions.items()}
         self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}

@@ -156,6 +156,8 @@ class Case:
     register_ms_per_class: float = 0.0
     gflops_per_frame: float | None = None
     achieved_gflops: float | None = None
+    #: the decoder alone: its GFLOPs (classes x per class at these shots) over its median time
+    decoder_gflops: float | None = None
     baseline: dict[str, float] | None = None
     ratio_to_baseline: float | None = None
     #: TensorRT only: GPU time per stage from CUDA events (copies excluded), and device memory in use
@@ -204,6 +206,10 @@ class BenchResult:
                 lines.append(f"{c.label}: GPU (CUDA events) backbone {c.device_stages['backbone']['median_ms']:.2f} ms, "
                              f"decode {c.device_stages['decode']['median_ms']:.2f} ms; device memory in use "
                              f"{c.device_memory_mb:.0f} MiB")
+        for c in self.cases:
+            if c.decoder_gflops is not None:
+                lines.append(f"{c.label}: decoder {c.decoder_gflops:.0f} GFLOP/s "
+                             f"({c.decoder_gflops / self.matmul_gflops:.2f} x the FP32 matmul ceiling)")
         lines.append(f"ceiling: FP32 matmul {self.matmul_gflops:.1f} GFLOP/s on this machine ({self.ceiling_note}); "
                      f"peak RSS {self.peak_rss_mb:.0f} MB; backend {self.backend} {self.precision}"
                      + (f", {self.threads} threads" if self.threads else "") + (f" on {self.gpu}" if self.gpu else ""))
@@ -297,6 +303,8 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
             case.gflops_per_frame = cost["backbone_per_image"] + case.classes * decoder_gflops(cost, case.shots)
             case.achieved_gflops = case.gflops_per_frame / (
                 (case.stages["backbone"]["median_ms"] + case.stages["decode"]["median_ms"]) / 1000.0)
+            case.decoder_gflops = case.classes * decoder_gflops(cost, case.shots) / (
+                case.stages["decode"]["median_ms"] / 1000.0)
         if run_baseline is not None:
             key = (case.shots, case.frame)
             if key not in baseline_cache:
@@ -435,7 +443,8 @@ def register(sub) -> None:
     p.add_argument("--bundle", required=True, help="bundle directory from `sccan export`")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: TensorRT engines when usable here, else ONNX Runtime")
-    p.add_argument("--precision", choices=("fp32", "fp16"), help="default: the backend's")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="default: the backend's; int8: the gated graphs of `sccan quantize`")
     p.add_argument("--shots", default="1", help="shot counts to measure, e.g. 1,5")
     p.add_argument("--classes", default="1", help="class counts per frame, e.g. 1,2,4,8")
     p.add_argument("--frame", default="640x480", help="frame sizes WIDTHxHEIGHT, e.g. 640x480,1920x1080")

@@ -23,7 +23,7 @@ FORMAT = "sccan-bundle"
 #: 2: the manifest carries ``manifest_sha256``, the hash of its own content.
 FORMAT_VERSION = 2
 GRAPHS = ("backbone", "support_encoder", "query_decoder")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -123,6 +123,9 @@ def validate_manifest(manifest: dict[str, Any], where: Path) -> None:
             name = spec.get("file") if isinstance(spec, dict) else None
             if name not in files:
                 raise BundleError(f"{where}: the {precision} {graph} graph {name!r} has no hash in 'files'")
+            if spec.get("onnxruntime_file", name) not in files:
+                raise BundleError(f"{where}: the {precision} {graph} graph's ONNX Runtime encoding "
+                                  f"{spec['onnxruntime_file']!r} has no hash in 'files'")
     if not isinstance(manifest.get("engines", {}), dict):
         raise BundleError(f"{where}: 'engines' must be an object")
 
@@ -151,11 +154,15 @@ class Bundle:
     def layout(self) -> SupportLayout:
         return SupportLayout(**self.manifest["support_layout"])
 
-    def graph_path(self, graph: str, precision: str = "fp32") -> Path:
+    def graph_path(self, graph: str, precision: str = "fp32", onnxruntime: bool = False) -> Path:
+        """The graph file; with ``onnxruntime``, the encoding ONNX Runtime runs where the bundle has
+        one (INT8: activations as UINT8 + 128, the same values; see ``sccan.export.quantize``)."""
         try:
-            return self.path / self.manifest["graphs"][graph][precision]["file"]
+            spec = self.manifest["graphs"][graph][precision]
         except KeyError:
             raise BundleError(f"bundle {self.path} has no {precision} {graph} graph") from None
+        return self.path / (spec.get("onnxruntime_file") if onnxruntime and spec.get("onnxruntime_file")
+                            else spec["file"])
 
     def verify(self) -> None:
         """Check every file listed in the manifest exists and has its recorded sha256."""

@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadArgumentError(f"--save-support {args.save_support} is a directory; give a file path such as "
                                "classes.npz")
     images, masks = _supports(args)
-    seg = Segmenter(args.bundle, backend=args.backend, threads=args.threads, cuda_graph=args.cuda_graph)
+    seg = Segmenter(args.bundle, backend=args.backend, threads=args.threads, precision=args.precision,
+                    cuda_graph=args.cuda_graph)
     if args.load_support:
         seg.load_support(args.load_support)
     if images:
@@ -118,6 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: TensorRT engines when usable here, else ONNX Runtime")
     p.add_argument("--threads", type=int, help="ONNX Runtime CPU threads (default: its own choice)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="graph precision (default: the backend's: FP16 on TensorRT, FP32 on a CPU); int8: the gated "
+                        "graphs of `sccan quantize` (support files made in another precision are refused)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="TensorRT: replay the per-frame work as CUDA graphs (needs cuda-python)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames (streams)")

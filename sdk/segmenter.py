@@ -26,6 +26,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from typing import Any
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import cv2
 import numpy as np
 
 from .backends import Backend, OnnxRuntimeBackend
-from .bundle import Bundle, load_bundle
+from .bundle import PRECISIONS, Bundle, load_bundle
 from .errors import (BadArgumentError, BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError,
                      EmptyMaskError, MissingFileError, SCCANError, UnknownClassError)
 from .images import as_mask, as_rgb, check_color
@@ -43,6 +44,11 @@ from .preprocess import frame_probability, normalize, resize_image, resize_label
 from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, SLOT_FIELDS
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
+
+
+class UngatedWarning(UserWarning):
+    """A bundle's INT8 graphs were written without passing the accuracy gate (``--skip-gate``)."""
+
 
 SUPPORT_FORMAT = "sccan-support"
 SUPPORT_VERSION = 1
@@ -190,8 +196,8 @@ class Segmenter:
             own (:class:`~sccan.sdk.backends.Backend`: the Triton model's BLS backend is one).
         device: GPU index (TensorRT, ONNX Runtime's CUDA provider).
         threads: CPU threads for ONNX Runtime (default: its own choice).
-        precision: ``"fp32"`` or ``"fp16"``; default FP16 for TensorRT and the CUDA provider, FP32
-            on a CPU.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (the gated graphs of ``sccan quantize``);
+            default FP16 for TensorRT and the CUDA provider, FP32 on a CPU.
         cuda_graph: TensorRT only: capture the per-frame backbone and decoder into CUDA graphs and
             replay them while the requested classes stay the same (fewer launches per frame).
     """
@@ -222,9 +228,17 @@ class Segmenter:
             return backend  # a Backend made by the caller (the Triton model's BLS backend)
         if backend not in BACKENDS:
             raise BadArgumentError(f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {backend!r}")
-        if precision not in (None, "fp32", "fp16"):
-            raise BadArgumentError(f"precision must be 'fp32' or 'fp16' (or None for the backend's default), "
-                                   f"got {precision!r}")
+        if precision not in (None, *PRECISIONS):
+            raise BadArgumentError(f"precision must be 'fp32', 'fp16' or 'int8' (or None for the backend's "
+                                   f"default), got {precision!r}")
+        if precision == "int8":
+            plan = self.bundle.manifest.get("precision_plan", {}).get("int8")
+            if "int8" not in self.bundle.manifest["graphs"]["backbone"] or not plan:
+                raise BundleMismatchError(f"bundle {self.bundle.path} has no INT8 graphs: make them with "
+                                          "`sccan quantize BUNDLE --calibration DATA`")
+            if not plan.get("gated"):
+                warnings.warn(f"bundle {self.bundle.path}: the INT8 graphs were written with --skip-gate and never "
+                              "passed the accuracy gate; use them for timing only", UngatedWarning, stacklevel=3)
         if backend in ("auto", "tensorrt"):
             from .tensorrt_backend import TensorRTBackend, tensorrt_unavailable
 
@@ -302,6 +316,14 @@ class Segmenter:
             self._cache[name] = support
             self._shots[name] = len(images)
             self._resident.clear()
+
+    def support_features(self, name: str) -> dict[str, np.ndarray]:
+        """The cached support encoder outputs of class ``name`` (1 x max_shots x ... per slot field;
+        slots beyond the class's shots are padding)."""
+        with self._lock:
+            if name not in self._cache:
+                raise UnknownClassError(f"no class {name!r}; registered: {list(self._cache)}")
+            return dict(self._cache[name])
 
     def remove_class(self, name: str) -> None:
         with self._lock:

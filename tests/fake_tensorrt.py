@@ -623,8 +623,12 @@ class FakeParser:
 
     def parse_from_file(self, path: str) -> bool:
         model = onnx.load(path)
+        uint8 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.UINT8}
         for i, node in enumerate(model.graph.node):
-            if node.op_type in self.trt.unsupported_ops:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2] in uint8:
+                # TensorRT's explicit quantization is INT8 / FP8 / INT4 only
+                self.errors.append(_ParserError(i, node, "Assertion failed: UINT8 quantization is not supported"))
+            elif node.op_type in self.trt.unsupported_ops:
                 self.errors.append(_ParserError(i, node, f"No importer registered for op: {node.op_type}"))
             elif node.domain == "sccan" and not self.trt.plugins:
                 self.errors.append(_ParserError(i, node, f"plugin {node.op_type} not found in the registry"))

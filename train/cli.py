@@ -139,7 +139,8 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", help="evaluate an exported bundle through the SDK instead of a checkpoint")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
                    help="SDK backend for --bundle")
-    p.add_argument("--precision", choices=("fp32", "fp16"), help="bundle precision (default: the backend's)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="bundle precision (default: the backend's; int8: the graphs of `sccan quantize`)")
     p.add_argument("--config", help="YAML config whose data/eval sections name the benchmark (not needed with "
                                      "--video-root)")
     p.add_argument("--video-root", help="one-shot video evaluation on DAVIS-layout folders: the first --shots "

@@ -84,13 +84,18 @@ def model_predictor(model: SCCAN, size: int, device: str = "cpu") -> Predictor:
 def bundle_predictor(bundle: str | Path, backend: str = "auto", precision: str | None = None,
                      device: int = 0) -> Predictor:
     """An exported bundle's prediction through the SDK (:class:`sccan.sdk.Segmenter`), so a
-    deployed model is measured by the same protocol as its checkpoint. Support masks go in as
-    ``label == 1``. A support whose object vanishes at the network's input size cannot be
-    registered (the SDK refuses it); that episode predicts background and is counted in
-    ``predict.empty_supports``. ``predict.segmenter`` is the Segmenter used."""
-    from sccan.sdk import EmptyMaskError, Segmenter
+    deployed model is measured by the same protocol as its checkpoint. See :func:`segmenter_predictor`."""
+    from sccan.sdk import Segmenter
 
-    segmenter = Segmenter(bundle, backend=backend, precision=precision, device=device)
+    return segmenter_predictor(Segmenter(bundle, backend=backend, precision=precision, device=device))
+
+
+def segmenter_predictor(segmenter) -> Predictor:
+    """Prediction through an existing Segmenter. Support masks go in as ``label == 1``. A support
+    whose object vanishes at the network's input size cannot be registered (the SDK refuses it);
+    that episode predicts background and is counted in ``predict.empty_supports``.
+    ``predict.segmenter`` is the Segmenter used."""
+    from sccan.sdk import EmptyMaskError
 
     def predict(episode: Episode) -> np.ndarray:
         try:
