@@ -86,6 +86,17 @@ def _io(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": [spec(v) for v in model.graph.input], "outputs": [spec(v) for v in model.graph.output]}
 
 
+TENSORRT_TARGETS = ("10.3", "11.x")
+
+
+def graph_entry(model: onnx.ModelProto, file: str) -> dict[str, Any]:
+    """A graph's manifest entry: file, I/O specs, node and op counts, parameters, and what TensorRT
+    10.3 / 11.x would refuse (``tensorrt_problems``, per target)."""
+    return {"file": file, **_io(model), "nodes": len(model.graph.node), "op_counts": op_counts(model),
+            "parameters": parameter_count(model),
+            "tensorrt_problems": {t: [str(p) for p in check_model(model, t)] for t in TENSORRT_TARGETS}}
+
+
 def _gflops(spec: GraphSpec, args: tuple[torch.Tensor, ...]) -> float:
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
@@ -201,13 +212,9 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
             steps.update()
         problems = []
         for precision, m in variants.items():
-            trt = {target: [str(p) for p in check_model(m, target)] for target in ("10.3", "11.x")}
-            problems += [f"{name} ({precision}, TensorRT {t}): {p}" for t, ps in trt.items() for p in ps]
-            entry[precision] = {
-                "file": f"{name}.onnx" if precision == "fp32" else f"{name}.fp16.onnx", **_io(m),
-                "nodes": len(m.graph.node), "op_counts": op_counts(m), "parameters": parameter_count(m),
-                "tensorrt_problems": trt,
-            }
+            entry[precision] = graph_entry(m, f"{name}.onnx" if precision == "fp32" else f"{name}.fp16.onnx")
+            problems += [f"{name} ({precision}, TensorRT {t}): {p}"
+                         for t, ps in entry[precision]["tensorrt_problems"].items() for p in ps]
         if problems:  # fail on the first graph with problems, before exporting the others
             raise ExportError("TensorRT compatibility check failed:\n  " + "\n  ".join(problems[:20]))
         if fp16:
@@ -354,7 +361,7 @@ def check_bundle(path: str | os.PathLike) -> str:
     for graph, variants in bundle.manifest["graphs"].items():
         for precision in variants:
             model = onnx.load(str(bundle.graph_path(graph, precision)))
-            for target in ("10.3", "11.x"):
+            for target in TENSORRT_TARGETS:
                 problems += [f"{graph} ({precision}, TensorRT {target}): {p}" for p in check_model(model, target)]
     report = format_report(bundle.manifest)
     if problems:

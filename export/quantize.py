@@ -52,8 +52,7 @@ from sccan.sdk.errors import SCCANError
 from sccan.sdk.preprocess import foreground_probability, normalize, resize_image
 from sccan.sdk.schema import SLOT_FIELDS
 
-from .exporter import _io
-from .tensorrt_ops import check_model, op_counts, parameter_count
+from .exporter import graph_entry
 
 #: Operators the sweep ranks (each quantized alone) and may keep in FP32: the arithmetic.
 OP_TYPES = ("Conv", "MatMul", "Gemm")
@@ -167,12 +166,16 @@ class DataSource:
         # one query of each sequence in turn, so that a few samples already cover every video
         order = [(i, int(q[r])) for r in range(max(map(len, queries), default=0))
                  for i, q in enumerate(queries) if r < len(q)]
+        supports: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         for i, j in order:
             s = sequences[i]
-            support = [read_frame(p) for p in s.frames[:self.shots]]
+            if i not in supports:  # read once per sequence
+                supports[i] = ([read_frame(p) for p in s.frames[:self.shots]],
+                               [read_mask(p) for p in s.masks[:self.shots]])
+            support, masks = supports[i]
             query = read_frame(s.frames[j])
-            yield Sample(support, [read_mask(p) for p in s.masks[:self.shots]], query, read_mask(s.masks[j]),
-                         self.sequences.index(s) + 1, tuple(_digest(x) for x in (*support, query)))
+            yield Sample(support, masks, query, read_mask(s.masks[j]), self.sequences.index(s) + 1,
+                         tuple(_digest(x) for x in (*support, query)))
 
     def _dataset_samples(self, seed: int) -> Iterator[Sample]:
         from sccan.train.data.datasets import build_dataset
@@ -203,9 +206,7 @@ class Feeds:
                 seg.add_class("calibration", sample.support, sample.support_masks, color="rgb")
             except EmptyMaskError:
                 continue  # the object vanishes at the network's size
-            support = seg.support_features("calibration")
-            shots = len(sample.support)
-            support = {k: v[:, :shots] if k in SLOT_FIELDS else v for k, v in support.items()}
+            support = _decoder_support(seg, "calibration", len(sample.support))
             query = self.tensor(sample.query)
             features = seg.backend.run("backbone", {"images": query})
             self.backbone += [{"images": query}] + [{"images": self.tensor(s)} for s in sample.support]
@@ -218,6 +219,12 @@ class Feeds:
         seg = self.segmenter
         canvas, _ = resize_image(rgb, seg.size)
         return normalize(canvas, seg.mean, seg.std)[None]
+
+
+def _decoder_support(seg: Any, name: str, shots: int) -> dict[str, np.ndarray]:
+    """Class ``name``'s support features as the decoder takes them for one class: shot slots cut
+    to its ``shots`` (as the Segmenter batches it)."""
+    return {k: v[:, :shots] if k in SLOT_FIELDS else v for k, v in seg.support_features(name).items()}
 
 
 class _Reader:
@@ -375,19 +382,21 @@ class Sweep:
             pairs = []
             for sample, want in zip(self.feeds.samples[:self.n], self.decoder_want):
                 seg.add_class("s", sample.support, sample.support_masks, color="rgb")
-                support = {k: v[:, :len(sample.support)] if k in SLOT_FIELDS else v
-                           for k, v in seg.support_features("s").items()}
+                support = _decoder_support(seg, "s", len(sample.support))
                 features = seg.backend.run("backbone", {"images": self.feeds.tensor(sample.query)})
                 got = self._probability(self.fp32["query_decoder"],
                                         {"mid": features["mid"], "high": features["high"], **support})
                 pairs.append((got, want))
         return float(np.mean([((g > 0.5) == (w > 0.5)).mean() for g, w in pairs]))
 
-    def plan(self, graph: str, cache: Path, target: Path, rank: bool = True) -> GraphPlan:
+    def plan(self, graph: str, cache: Path, target: Path, feeds: list[dict[str, np.ndarray]],
+             rank: bool = True) -> GraphPlan:
         """Quantize ``graph`` into ``target``. If the whole graph keeps the masks within
         SWEEP_AGREEMENT of FP32's, done; otherwise rank its nodes by their error quantized alone
-        and leave the most sensitive in FP32 (1, 2, 4, ... of them) until it does. Without ``rank``
-        (ungated graphs, for timing) the whole graph is quantized whatever its agreement."""
+        and leave the most sensitive in FP32 (1, 2, 4, ... of them) until it does. The first
+        quantization calibrates on ``feeds`` and fills ``cache``; the others reuse its ranges.
+        Without ``rank`` (ungated graphs, for timing) the whole graph is quantized whatever its
+        agreement."""
         start = time.perf_counter()
         source = self.bundle.graph_path(graph, "fp32")
         model = onnx.load(str(source), load_external_data=False)
@@ -396,7 +405,8 @@ class Sweep:
         plan = GraphPlan(graph, len(candidates))
 
         def attempt(excluded: list[str]) -> bool:
-            _quantize(source, target, cache, None, QUANTIZED_OPS[graph], exclude=excluded)
+            _quantize(source, target, cache, None if cache.is_file() else feeds, QUANTIZED_OPS[graph],
+                      exclude=excluded)
             agreement = self.agreement(graph, ort_path(target))
             plan.steps.append({"fp32_nodes": len(excluded), "agreement": round(agreement, 5)})
             return agreement >= SWEEP_AGREEMENT
@@ -592,12 +602,9 @@ def quantize_bundle(bundle_path: str | os.PathLike, calibration: str | os.PathLi
         plans: dict[str, GraphPlan] = {}
         sweep = Sweep(bundle, feeds, work, sweep_samples, progress)
         for graph in QUANTIZED_GRAPHS:
-            cache = work / f"{graph}.ranges.json"
-            graph_feeds = feeds.backbone if graph == "backbone" else feeds.decoder
-            _quantize(bundle.graph_path(graph, "fp32"), work / f".{graph}.first.onnx", cache, graph_feeds,
-                      QUANTIZED_OPS[graph])
             target = work / graph_file(graph, "int8")
-            plans[graph] = sweep.plan(graph, cache, target, rank=not skip_gate)
+            plans[graph] = sweep.plan(graph, work / f"{graph}.ranges.json", target,
+                                      feeds.backbone if graph == "backbone" else feeds.decoder, rank=not skip_gate)
             if target.exists():
                 written[graph] = target
         candidate = _candidate_manifest(manifest, bundle.path, written)
@@ -635,12 +642,6 @@ def quantize_bundle(bundle_path: str | os.PathLike, calibration: str | os.PathLi
     return QuantizeResult(bundle.path, plans, gate, record)
 
 
-def _graph_entry(model: onnx.ModelProto, name: str, plan_nodes: list[str]) -> dict[str, Any]:
-    trt = {target: [str(p) for p in check_model(model, target)] for target in ("10.3", "11.x")}
-    return {"file": name, **_io(model), "nodes": len(model.graph.node), "op_counts": op_counts(model),
-            "parameters": parameter_count(model), "tensorrt_problems": trt, "kept_fp32": plan_nodes}
-
-
 def _candidate_manifest(manifest: dict[str, Any], root: Path, written: dict[str, Path]) -> dict[str, Any]:
     """An in-memory manifest whose int8 entries name the work files (FP32 where a graph has none),
     for the sweep's and the gate's Segmenter; never written."""
@@ -664,7 +665,7 @@ def _commit(bundle: Bundle, manifest: dict[str, Any], work: Path, written: dict[
         if graph in written:
             model = onnx.load(str(written[graph]))
             kept = record["sweep"]["graphs"][graph]["kept_fp32"]
-            entries[graph] = _graph_entry(model, graph_file(graph, "int8"), kept)
+            entries[graph] = {**graph_entry(model, graph_file(graph, "int8")), "kept_fp32": kept}
             entries[graph]["onnxruntime_file"] = ort_path(Path(graph_file(graph, "int8"))).name
             problems += [f"{graph} (int8, TensorRT {t}): {p}" for t, ps in entries[graph]["tensorrt_problems"].items()
                          for p in ps]
