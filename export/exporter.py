@@ -29,7 +29,7 @@ from tqdm import tqdm
 from sccan.sdk.bundle import (FORMAT, FORMAT_VERSION, GRAPHS, graph_file, load_bundle, readable_by_others,
                               sha256_file, write_json_atomic, write_manifest)
 from sccan.sdk.errors import SCCANError
-from sccan.sdk.schema import SLOT_FIELDS
+from sccan.sdk.schema import first_slots
 from sccan.sdk.patch_align_op import DOMAIN as PLUGIN_DOMAIN
 from sccan.sdk.patch_align_op import OP_TYPE as PLUGIN_OP
 from sccan.sdk.patch_align_op import PLUGIN_NAMESPACE, PLUGIN_VERSION
@@ -120,7 +120,7 @@ def _costs(specs: list[GraphSpec], max_shots: int) -> dict[str, Any]:
     # above is at the example's max_shots slots), so a runtime can count what a frame really costs.
     per["query_decoder_per_class_1_shot"] = _gflops(
         dec, (dec.example[0], dec.example[1],
-              *(t[:1, :1] if name in SLOT_FIELDS else t[:1] for name, t in zip(dec.input_names[2:], dec.example[2:]))))
+              *(first_slots(name, t[:1], 1) for name, t in zip(dec.input_names[2:], dec.example[2:]))))
     per["query_decoder_slots"] = max_shots
     per["support_time_per_class_1_shot"] = round(per["backbone_per_image"] + per["support_encoder_per_class_1_shot"], 3)
     per["per_frame_1_class"] = round(per["backbone_per_image"] + per["query_decoder_per_class"], 3)

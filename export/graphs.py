@@ -24,7 +24,7 @@ import onnx
 import torch
 from torch import nn
 
-from sccan.sdk.schema import CLASS_DIM, SLOT_FIELDS, SupportFeatures
+from sccan.sdk.schema import CLASS_DIM, SLOT_AXES, SupportFeatures
 from sccan.train.model import SCCAN
 from sccan.train.model.ops import resize
 
@@ -36,7 +36,7 @@ OPSET = 18
 #: standard graphs plus the decoder with plugin nodes (``query_decoder.plugin.onnx``), for
 #: ``sccan build --patch-align auto`` to fall back to.
 PATCH_ALIGN_MODES = ("standard-ops", "plugin", "both")
-# The per-shot support tensors (SLOT_FIELDS) have a dynamic slot dimension in the decoder: the
+# The per-shot support tensors (SLOT_AXES) have a dynamic slot dimension in the decoder: the
 # prior costs ~60 GFLOPs per slot at 473, so a runtime passes only as many slots as the batch uses.
 
 
@@ -104,7 +104,7 @@ def graph_specs(model: SCCAN, size: int, max_shots: int) -> list[GraphSpec]:
                   ["mid", "high", "masks"], names, {"mid": {0: "shots"}, "high": {0: "shots"}, "masks": {1: "shots"}}),
         GraphSpec("query_decoder", QueryDecoderGraph(model, max_shots, size), (mid[:1], high[:1], *two),
                   ["mid", "high", *names], ["logits", *align],
-                  {n: ({0: CLASS_DIM, 1: "slots"} if n in SLOT_FIELDS else {0: CLASS_DIM}) for n in names}),
+                  {n: ({0: CLASS_DIM, SLOT_AXES[n]: "slots"} if n in SLOT_AXES else {0: CLASS_DIM}) for n in names}),
     ]
 
 

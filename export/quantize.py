@@ -50,7 +50,7 @@ from tqdm import tqdm
 from sccan.sdk.bundle import Bundle, GRAPHS, graph_file, load_bundle, sha256_file, write_manifest
 from sccan.sdk.errors import SCCANError
 from sccan.sdk.preprocess import foreground_probability, normalize, resize_image
-from sccan.sdk.schema import SLOT_FIELDS
+from sccan.sdk.schema import first_slots
 
 from .exporter import graph_entry
 
@@ -62,6 +62,11 @@ OP_TYPES = ("Conv", "MatMul", "Gemm")
 #: quantizing its softmaxes, norms and reshapes as well cost agreement (97.9% against 99.4% on the
 #: real-photo model's calibration samples) and time (90 ms against 84).
 QUANTIZED_OPS: dict[str, tuple[str, ...] | None] = {"backbone": None, "query_decoder": OP_TYPES}
+#: Operators whose outputs stay FP32 (no Q/DQ after them), per graph. The decoder's products then
+#: run as MatMulIntegerToFloat and the softmaxes after them in FP32: the prior's softmax over
+#: 5 x 3600 x 4096 scores took 103 ms as QLinearSoftmax against 17 ms in FP32, and the ResNet-50
+#: decoder at 5 shots 1237 ms against 1005 ms (ONNX Runtime profile, this host).
+FLOAT_OUTPUTS: dict[str, tuple[str, ...]] = {"backbone": (), "query_decoder": ("MatMul",)}
 #: Graphs quantized; the support encoder runs once per class and stays FP32.
 QUANTIZED_GRAPHS = ("backbone", "query_decoder")
 #: The gate (on photos not used for calibration).
@@ -224,7 +229,7 @@ class Feeds:
 def _decoder_support(seg: Any, name: str, shots: int) -> dict[str, np.ndarray]:
     """Class ``name``'s support features as the decoder takes them for one class: shot slots cut
     to its ``shots`` (as the Segmenter batches it)."""
-    return {k: v[:, :shots] if k in SLOT_FIELDS else v for k, v in seg.support_features(name).items()}
+    return {k: first_slots(k, v, shots) for k, v in seg.support_features(name).items()}
 
 
 class _Reader:
@@ -250,10 +255,12 @@ class _Reader:
 # -- quantization and the sweep ------------------------------------------------------------------------
 
 
-def _quantize(source: Path, target: Path, cache: Path, feeds: list[dict[str, np.ndarray]] | None,
-              ops: tuple[str, ...] | None, nodes: list[str] | None = None, exclude: list[str] | None = None) -> None:
-    """``source`` -> QDQ INT8 ``target``: symmetric activations and weights, per-channel weights,
-    FP32 biases; ranges from ``cache`` (computed from ``feeds`` the first time)."""
+def _quantize(graph: str, source: Path, target: Path, cache: Path, feeds: list[dict[str, np.ndarray]] | None,
+              nodes: list[str] | None = None, exclude: list[str] | None = None) -> None:
+    """``source`` (the FP32 ``graph``) -> QDQ INT8 ``target``: symmetric activations and weights,
+    per-channel weights, FP32 biases, the operators of QUANTIZED_OPS and outputs per FLOAT_OUTPUTS;
+    ranges from ``cache`` (computed from ``feeds`` the first time)."""
+    ops = QUANTIZED_OPS[graph]
     import logging
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -265,7 +272,8 @@ def _quantize(source: Path, target: Path, cache: Path, feeds: list[dict[str, np.
                     nodes_to_quantize=nodes, nodes_to_exclude=exclude or None,
                     calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                                   "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
+                                   "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                                   "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUTS.get(graph, ()))})
     onnx.save_model(onnxruntime_encoding(onnx.load(str(target))), str(ort_path(target)))
 
 
@@ -285,7 +293,12 @@ def onnxruntime_encoding(model: onnx.ModelProto) -> onnx.ModelProto:
     weights stay INT8. ONNX Runtime's x86 kernels are U8S8: on this encoding it fuses every Q/DQ pair
     into QLinearConv / QLinearMatMul, while on the INT8 one it leaves depthwise convolutions as
     DQ + FP32 Conv + Q (measured 2.6 x slower on the Lite-0 backbone). TensorRT takes only the INT8
-    one, which stays the bundle's graph of record."""
+    one, which stays the bundle's graph of record.
+
+    The exception: an activation read only as the second operand of a product of two activations
+    (the support keys of the prior, the attention's keys and values) stays INT8, so that the
+    product is UINT8 x INT8, the pair VNNI multiplies, rather than UINT8 x UINT8 at half the speed.
+    The SDK's sessions keep it INT8 (:func:`sccan.sdk.patch_align_op.session_options`)."""
     from onnx import numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -303,16 +316,54 @@ def onnxruntime_encoding(model: onnx.ModelProto) -> onnx.ModelProto:
             graph.initializer.append(numpy_helper.from_array(np.full(zp.shape, 128, np.uint8), made[name]))
         return made[name]
 
+    signed = _signed_operands(graph, produced_by_q)
     for node in graph.node:
         activation = node.op_type == "QuantizeLinear" or (node.op_type == "DequantizeLinear"
                                                           and node.input[0] in produced_by_q)
-        if activation and len(node.input) > 2 and node.input[2] in inits:
+        quantized = node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
+        if activation and quantized not in signed and len(node.input) > 2 and node.input[2] in inits:
             node.input[2] = shifted(node.input[2])
     used = {name for node in graph.node for name in node.input}
     unused = [i for i in graph.initializer if i.name not in used]
     for init in unused:
         graph.initializer.remove(init)
     return model
+
+
+def mask_products(model: onnx.ModelProto) -> list[str]:
+    """The MatMul nodes that multiply by the support mask (``prior_mask``, through the ops that
+    shape it): in the decoder, the prior's softmax weights (C x hw x S*N) times the shots' masks.
+    They stay FP32 whatever the sweep says: quantizing the product adds a full pass over its
+    large operand (the 3600 x 5*4096 softmax weights at 5 shots) to a product that reads memory
+    once and does little arithmetic (measured 30 ms against 8 in FP32), and 8 bits cannot hold
+    weights of about 1/4096 next to the largest ones."""
+    produced = {o: n for n in model.graph.node for o in n.output}
+
+    def from_mask(name: str, depth: int = 8) -> bool:
+        node = produced.get(name)
+        if name == "prior_mask":
+            return True
+        return (node is not None and depth > 0 and node.op_type != "MatMul"
+                and any(from_mask(i, depth - 1) for i in node.input))
+
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(from_mask(i) for i in n.input)]
+
+
+def _signed_operands(graph: onnx.GraphProto, produced_by_q: set[str]) -> set[str]:
+    """The quantized activations that stay INT8 in the ONNX Runtime encoding: those read only as
+    the second operand of a MatMul whose first operand is a quantized activation too. ONNX
+    Runtime multiplies UINT8 by INT8 (VNNI's operand types) twice as fast as UINT8 by UINT8
+    (measured 101 against 210 ms for the prior's 4096 x 2048 x 3600 product on this host)."""
+    dq_of = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "DequantizeLinear" and n.input[0] in produced_by_q}
+    uses: dict[str, list[bool]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in dq_of:
+                second = (node.op_type == "MatMul" and index == 1 and len(node.input) == 2
+                          and node.input[0] in dq_of)
+                uses.setdefault(dq_of[name], []).append(second)
+    return {q for q, flags in uses.items() if all(flags)}
 
 
 def _session(path: Path, threads: int | None = None):
@@ -328,13 +379,15 @@ class GraphPlan:
     graph: str
     candidates: int
     ranking: list[dict[str, Any]] = field(default_factory=list)  # most sensitive first
-    kept_fp32: list[str] = field(default_factory=list)
+    kept_fp32: list[str] = field(default_factory=list)  # by the sweep
+    by_rule: list[str] = field(default_factory=list)  # products with the support mask, never ranked
     steps: list[dict[str, Any]] = field(default_factory=list)  # FP32 nodes tried -> agreement
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": self.candidates, "quantized": self.candidates - len(self.kept_fp32),
-                "kept_fp32": self.kept_fp32, "ranking_top": self.ranking[:12], "steps": self.steps,
+                "kept_fp32": self.kept_fp32, "mask_products_fp32": self.by_rule,
+                "ranking_top": self.ranking[:12], "steps": self.steps,
                 "seconds": round(self.seconds, 1)}
 
 
@@ -400,13 +453,13 @@ class Sweep:
         start = time.perf_counter()
         source = self.bundle.graph_path(graph, "fp32")
         model = onnx.load(str(source), load_external_data=False)
-        candidates = [n.name for n in model.graph.node if n.op_type in OP_TYPES]
+        by_rule = mask_products(model)
+        candidates = [n.name for n in model.graph.node if n.op_type in OP_TYPES and n.name not in by_rule]
         ops = {n.name: n.op_type for n in model.graph.node}
-        plan = GraphPlan(graph, len(candidates))
+        plan = GraphPlan(graph, len(candidates), by_rule=by_rule)
 
         def attempt(excluded: list[str]) -> bool:
-            _quantize(source, target, cache, None if cache.is_file() else feeds, QUANTIZED_OPS[graph],
-                      exclude=excluded)
+            _quantize(graph, source, target, cache, None if cache.is_file() else feeds, exclude=by_rule + excluded)
             agreement = self.agreement(graph, ort_path(target))
             plan.steps.append({"fp32_nodes": len(excluded), "agreement": round(agreement, 5)})
             return agreement >= SWEEP_AGREEMENT
@@ -417,7 +470,7 @@ class Sweep:
         probe = self.work / f".{graph}.probe.onnx"
         bar = tqdm(candidates, desc=f"sensitivity {graph}", unit="node", disable=not self.progress)
         for name in bar:
-            _quantize(source, probe, cache, None, QUANTIZED_OPS[graph], nodes=[name])
+            _quantize(graph, source, probe, cache, None, nodes=[name])
             plan.ranking.append({"node": name, "op": ops[name], "error": self.node_error(graph, ort_path(probe))})
         bar.close()
         probe.unlink(missing_ok=True)
@@ -548,9 +601,9 @@ class QuantizeResult:
         lines = []
         for graph, plan in self.plans.items():
             steps = ", ".join(f"{s['fp32_nodes']} FP32 -> {100 * s['agreement']:.2f}%" for s in plan.steps)
+            rule = f", the prior's {len(plan.by_rule)} product(s) with the mask FP32 by rule" if plan.by_rule else ""
             lines.append(f"{graph}: {plan.candidates - len(plan.kept_fp32)} of {plan.candidates} Conv/MatMul nodes "
-                         f"INT8, {len(plan.kept_fp32)} kept FP32 by the sweep "
-                         f"({steps})")
+                         f"INT8, {len(plan.kept_fp32)} kept FP32 by the sweep ({steps}){rule}")
         lines.append(self.gate.text() if self.gate else "gate SKIPPED (--skip-gate): the INT8 graphs are ungated, "
                      "for timing only")
         return "\n".join(lines)
@@ -664,7 +717,8 @@ def _commit(bundle: Bundle, manifest: dict[str, Any], work: Path, written: dict[
     for graph in GRAPHS:
         if graph in written:
             model = onnx.load(str(written[graph]))
-            kept = record["sweep"]["graphs"][graph]["kept_fp32"]
+            swept = record["sweep"]["graphs"][graph]
+            kept = swept["mask_products_fp32"] + swept["kept_fp32"]
             entries[graph] = {**graph_entry(model, graph_file(graph, "int8")), "kept_fp32": kept}
             entries[graph]["onnxruntime_file"] = ort_path(Path(graph_file(graph, "int8"))).name
             problems += [f"{graph} (int8, TensorRT {t}): {p}" for t, ps in entries[graph]["tensorrt_problems"].items()

@@ -20,8 +20,10 @@ from .schema import SupportLayout
 
 MANIFEST = "manifest.json"
 FORMAT = "sccan-bundle"
-#: 2: the manifest carries ``manifest_sha256``, the hash of its own content.
-FORMAT_VERSION = 2
+#: 2: the manifest carries ``manifest_sha256``, the hash of its own content. 3: ``prior_keys`` is
+#: C x Dh x S x N: all shots' keys one matrix, support positions last (one product per frame, and
+#: the prior's softmax over contiguous memory).
+FORMAT_VERSION = 3
 GRAPHS = ("backbone", "support_encoder", "query_decoder")
 PRECISIONS = ("fp32", "fp16", "int8")
 

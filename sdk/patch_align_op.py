@@ -80,6 +80,23 @@ def _extensions_library() -> str:
     return _library
 
 
+def session_options(threads: int | None = None) -> Any:
+    """The ``onnxruntime.SessionOptions`` every session of this project runs with: all graph
+    optimisations, ``threads`` intra-op threads, and INT8 activations kept INT8 (see below)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # An INT8 graph's ONNX Runtime encoding stores its activations as UINT8, except the second
+    # operands of products of two activations, which stay INT8 so that the product runs as
+    # UINT8 x INT8 (x86's fast pair). Without this entry ONNX Runtime turns INT8 activations into
+    # UINT8 on x86, and those products run half as fast. No effect on float graphs.
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
+    return options
+
+
 def ort_session(source: str | os.PathLike | Any, threads: int | None = None, plugin: bool | None = None,
                 **kwargs: Any) -> Any:
     """An ``onnxruntime.InferenceSession`` (all graph optimisations, ``threads`` intra-op threads)
@@ -89,10 +106,7 @@ def ort_session(source: str | os.PathLike | Any, threads: int | None = None, plu
     ``kwargs`` go to the session (providers, provider_options)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = session_options(threads)
     is_proto = not isinstance(source, (str, os.PathLike))
     if plugin is False:
         return ort.InferenceSession(source.SerializeToString() if is_proto else str(source), options, **kwargs)

@@ -13,8 +13,9 @@ Fields, for ``C`` classes (the leading, dynamic dimension), ``S = max_shots`` sh
 name                        shape                   meaning
 ==========================  ======================  =============================================
 ``prototype``               C x D                   shot-averaged masked-average support feature
-``prior_keys``              C x S x G*G x Dh        per shot, the support high-level map resized
-                                                    to G x G, each position L2-normalised
+``prior_keys``              C x Dh x S x G*G        per shot, the support high-level map resized
+                                                    to G x G, each position L2-normalised (shot
+                                                    slots second to last: one matrix of all shots)
 ``prior_mask``              C x S x G*G             per shot, the foreground mask at G x G
 ``shot_valid``              C x S                   1.0 for a real shot, 0.0 for a padding slot
 ``block{i}_tokens``         C x W_i x T x D         SCCA block i: support tokens entering the
@@ -42,9 +43,19 @@ import numpy as np
 CLASS_DIM = "classes"
 
 GLOBAL_FIELDS = ("prototype", "prior_keys", "prior_mask", "shot_valid")
-#: The per-shot fields (second dimension = shot slots).
-SLOT_FIELDS = ("prior_keys", "prior_mask", "shot_valid")
+#: The per-shot fields, and the axis of each that holds the shot slots.
+SLOT_AXES = {"prior_keys": 2, "prior_mask": 1, "shot_valid": 1}
+SLOT_FIELDS = tuple(SLOT_AXES)
 BLOCK_FIELDS = ("tokens", "prototypes", "has_fg")
+
+
+def first_slots(name: str, array: Any, slots: int) -> Any:
+    """``array`` (the support tensor ``name``, numpy or torch) cut to its first ``slots`` shot slots;
+    tensors without shot slots are returned as they are."""
+    if name not in SLOT_AXES:
+        return array
+    index = [slice(None)] * SLOT_AXES[name] + [slice(0, slots)]
+    return array[tuple(index)]
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,7 @@ class SupportLayout:
         c, s, g, d, t = CLASS_DIM, self.max_shots, self.grid, self.embed_dim, self.window**2
         out = [
             TensorSpec("prototype", (c, d)),
-            TensorSpec("prior_keys", (c, s, g * g, self.high_channels)),
+            TensorSpec("prior_keys", (c, self.high_channels, s, g * g)),
             TensorSpec("prior_mask", (c, s, g * g)),
             TensorSpec("shot_valid", (c, s)),
         ]

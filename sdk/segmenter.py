@@ -41,7 +41,7 @@ from .errors import (BadArgumentError, BadImageError, BadMaskError, BundleMismat
                      EmptyMaskError, MissingFileError, SCCANError, UnknownClassError)
 from .images import as_mask, as_rgb, check_color
 from .preprocess import frame_probability, normalize, resize_image, resize_label
-from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, SLOT_FIELDS
+from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, first_slots
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
@@ -426,7 +426,7 @@ class Segmenter:
             # Padding shot slots only cost time (the prior is computed per slot): cut them to the
             # most shots any class in this batch has.
             slots = max(self._shots[n] for n in names)
-            arrays = {k: np.concatenate([c[k][:, :slots] if k in SLOT_FIELDS else c[k] for c in part]) for k in part[0]}
+            arrays = {k: np.concatenate([first_slots(k, c[k], slots) for c in part]) for k in part[0]}
             batch = self.backend.resident("query_decoder", arrays)
             while len(self._resident) >= self.RESIDENT_BATCHES:
                 del self._resident[next(iter(self._resident))]

@@ -17,7 +17,7 @@ from sccan.export.parity import GraphSessions, check_episodes, run_parity_gate
 from sccan.export.tensorrt_ops import check_model
 from sccan.sdk.bundle import GRAPHS, graph_file, load_bundle
 from sccan.sdk.errors import BundleError, CheckpointError
-from sccan.sdk.schema import CLASS_DIM
+from sccan.sdk.schema import CLASS_DIM, first_slots
 from sccan.train.checkpoint import save_checkpoint
 from sccan.train.model import build_model
 
@@ -284,7 +284,7 @@ def test_sessions_run_each_class_count(resnet_bundle):
     # A 1-shot class decodes the same with its padding slots cut off (they only cost time).
     one_shot = per_class[0]
     full, _ = sessions.decode(query, one_shot)
-    cut = {k: (v[:, :1] if k in ("prior_keys", "prior_mask", "shot_valid") else v) for k, v in one_shot.items()}
+    cut = {k: first_slots(k, v, 1) for k, v in one_shot.items()}
     sliced, _ = sessions.decode(query, cut)
     np.testing.assert_allclose(sliced, full, rtol=1e-5, atol=1e-5)
 

@@ -21,7 +21,7 @@ from sccan.train.model.transformer import PatchAlignment, SCCABlock, WindowAtten
 def _prior_case():
     """Support keys e1, e1, e2, e2 with mask 1, 0, 0, 0; queries e1, e2, (1,1), e1 (2 x 2 grids)."""
     e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
-    keys = torch.stack([e1, e1, e2, e2])[None, None]  # 1 x 1 x 4 x 2
+    keys = torch.stack([e1, e1, e2, e2]).T[None, :, None]  # 1 x 2 x 1 x 4 (class, channels, shots, positions)
     mask = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])
     query = torch.stack([3 * e1, 0.5 * e2, torch.tensor([2.0, 2.0]), e1]).T.reshape(1, 2, 2, 2)
     return query, keys, mask
@@ -38,11 +38,11 @@ def test_prior_hand_computed():
 def test_prior_averages_valid_shots_only():
     query, keys, mask = _prior_case()
     one = PriorMask()(query, keys, mask, torch.ones(1, 1))
-    keys2 = torch.cat([keys, torch.randn_like(keys)], dim=1)
+    keys2 = torch.cat([keys, torch.randn_like(keys)], dim=2)
     mask2 = torch.cat([mask, torch.rand_like(mask)], dim=1)
     padded = PriorMask()(query, keys2, mask2, torch.tensor([[1.0, 0.0]]))
     torch.testing.assert_close(padded, one)
-    both = PriorMask()(query, torch.cat([keys, keys], 1), torch.cat([mask, 1 - mask], 1), torch.ones(1, 2))
+    both = PriorMask()(query, torch.cat([keys, keys], 2), torch.cat([mask, 1 - mask], 1), torch.ones(1, 2))
     flipped = PriorMask()(query, keys, 1 - mask, torch.ones(1, 1))
     torch.testing.assert_close(both, (one + flipped) / 2)
 
@@ -216,7 +216,7 @@ def test_support_features_follow_the_schema(small_model):
     features.check(layout)
     assert layout.windows(0) == 16 and layout.windows(1) == 25
     assert features.num_classes == 2 and features.num_blocks == SMALL["num_blocks"]
-    norms = features["prior_keys"].norm(dim=-1)
+    norms = features["prior_keys"].norm(dim=1)
     torch.testing.assert_close(norms, torch.ones_like(norms))
 
 

@@ -65,7 +65,8 @@ def test_quantize_writes_gated_symmetric_int8_graphs_with_their_plan(quantized):
         assert entry["file"] == f"{graph}.int8.onnx" and entry["onnxruntime_file"] == f"{graph}.int8.onnxruntime.onnx"
         steps = plan["sweep"]["graphs"][graph]["steps"]
         assert steps and steps[-1]["agreement"] >= 0.995  # the sweep's target, met where it stopped
-        assert entry["kept_fp32"] == plan["sweep"]["graphs"][graph]["kept_fp32"]
+        swept = plan["sweep"]["graphs"][graph]
+        assert entry["kept_fp32"] == swept["mask_products_fp32"] + swept["kept_fp32"]
         model = onnx.load(str(quantized / entry["file"]))
         assert not check_model(model, "10.3") and not check_model(model, "11.x")
         qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -77,6 +78,8 @@ def test_quantize_writes_gated_symmetric_int8_graphs_with_their_plan(quantized):
         scales = [inits[n.input[1]] for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in inits]
         assert weights and all(w.dtype == np.int8 for w in weights)
         assert any(s.size > 1 for s in scales)  # per-channel weight scales
+    # The prior's softmax weights times the support masks stays FP32 by rule.
+    assert len(plan["sweep"]["graphs"]["query_decoder"]["mask_products_fp32"]) == 1
     assert m["graphs"]["support_encoder"]["int8"]["file"] == "support_encoder.onnx"  # FP32: once per class
     assert not [p for p in quantized.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
@@ -103,6 +106,39 @@ def test_the_onnxruntime_encoding_holds_exactly_the_same_values(quantized):
     zp.CopyFrom(numpy_helper.from_array(np.array(3, np.int8), zp.name))
     with pytest.raises(QuantizeError, match="not INT8 0"):
         onnxruntime_encoding(model)
+
+
+def _prior_product_operand_types(path: Path, tmp_path: Path, int8_allowed: bool) -> list[tuple[str, int, int]]:
+    """(op, first operand's element type, second's) of the products that read the support keys, in
+    the graph ONNX Runtime actually runs (its optimised graph, saved)."""
+    from sccan.sdk.patch_align_op import session_options
+
+    options = session_options()
+    options.add_session_config_entry("session.qdqisint8allowed", "1" if int8_allowed else "0")
+    options.optimized_model_filepath = str(tmp_path / f"optimized_{int8_allowed}.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = onnx.shape_inference.infer_shapes(onnx.load(options.optimized_model_filepath))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    produced = {o: n for n in model.graph.node for o in n.output}
+
+    def reads_keys(name: str, depth: int = 3) -> bool:
+        node = produced.get(name)
+        return name == "prior_keys" or (node is not None and depth > 0 and any(reads_keys(i, depth - 1)
+                                                                               for i in node.input))
+
+    return [(n.op_type, types.get(n.input[0]), types.get(n.input[3] if n.op_type == "QLinearMatMul" else n.input[1]))
+            for n in model.graph.node if n.op_type in ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger")
+            and any(reads_keys(i) for i in n.input)]
+
+
+def test_the_prior_product_runs_as_uint8_times_int8(quantized, tmp_path):
+    """The prior's cosine product (support keys against the query), the decoder's largest, runs as
+    UINT8 x INT8 in ONNX Runtime: the encoding keeps the keys INT8 and the SDK's session options
+    stop ONNX Runtime from turning them into UINT8 (which is what happens without them)."""
+    path = quantized / "query_decoder.int8.onnxruntime.onnx"
+    u8, s8 = TensorProto.UINT8, TensorProto.INT8
+    assert _prior_product_operand_types(path, tmp_path, True) == [("MatMulIntegerToFloat", u8, s8)]
+    assert _prior_product_operand_types(path, tmp_path, False) == [("MatMulIntegerToFloat", u8, u8)]  # planted
 
 
 def test_int8_segmenter_and_its_support_cache(quantized, tmp_path):

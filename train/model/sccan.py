@@ -99,11 +99,12 @@ class SCCAN(nn.Module):
                                                  supp_mask], dim=1))
         caches = self.transformer.encode_support(merged, supp_mask[:, 0])
 
-        keys = self.normalize_keys(resize(high, g).flatten(2)).transpose(1, 2)  # BK x GG x Ch
-        keys = keys.reshape(b, k, g * g, keys.shape[-1])
+        keys = self.normalize_keys(resize(high, g).flatten(2))  # BK x Ch x GG
+        keys = keys.reshape(b, k, keys.shape[1], g * g)
         prior_mask = m.reshape(b, k, g * g)
         valid = torch.ones(b, k, dtype=mid.dtype, device=mid.device)
         keys, prior_mask, valid = (pad_shots(t, max_shots) for t in (keys, prior_mask, valid))
+        keys = keys.transpose(1, 2).contiguous()  # B x Ch x slots x GG: all shots' keys, one matrix
 
         tensors = {"prototype": prototype, "prior_keys": keys, "prior_mask": prior_mask, "shot_valid": valid}
         for i, (tokens, prototypes, has_fg) in enumerate(caches):
