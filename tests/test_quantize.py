@@ -179,17 +179,18 @@ def test_the_precision_flags_of_segment_eval_and_bench(quantized, tmp_path, caps
 
 
 def test_a_calibration_that_clips_fails_the_gate_and_writes_nothing(synthetic_bundle, tmp_path):
-    """Calibrated on dim frames (every range a few grey levels wide), real inputs clip: the gate on the
-    synthetic set's photos fails, names the figure, and the bundle is left as it was."""
+    """Calibrated on flat mid-grey frames (a few grey levels wide, about 0 after normalisation, so every
+    symmetric range is narrow), real inputs clip: the gate on the synthetic set's photos fails, names
+    the figure, and the bundle is left as it was."""
     root = tmp_path / "dim"
     for seq in ("a", "b"):
         (root / "JPEGImages" / seq).mkdir(parents=True)
         (root / "Annotations" / seq).mkdir(parents=True)
         for i in range(3):
-            frame = np.full((96, 128, 3), 3 + i, np.uint8)
+            frame = np.full((96, 128, 3), 120 + i, np.uint8)
             mask = np.zeros((96, 128), np.uint8)
             mask[20:70, 30:90] = 255
-            frame[mask > 0] = 6
+            frame[mask > 0] = 126
             cv2.imwrite(str(root / "JPEGImages" / seq / f"{i:05d}.png"), frame)
             cv2.imwrite(str(root / "Annotations" / seq / f"{i:05d}.png"), mask)
     bundle = tmp_path / "bundle"

@@ -25,6 +25,7 @@ from sccan.export.engines import BuildError, BuildOptions, build_engines
 from sccan.export.exporter import export_bundle
 from sccan.sdk import BundleMismatchError, SCCANError, Segmenter
 from sccan.sdk.bundle import MANIFEST, write_manifest
+from sccan.sdk.schema import SLOT_AXES
 from sccan.train.model import build_model
 
 SIZE = 65
@@ -348,8 +349,11 @@ def test_build_sets_strong_typing_profiles_and_reuses_the_timing_cache(built):
     decoder = shapes["query_decoder.onnx"]
     assert "mid" not in decoder and len(decoder) > 3  # the query's features are static; support inputs not
     assert all((v[0][0], v[1][0], v[2][0]) == (1, 2, 2) for v in decoder.values())  # classes 1/opt/max
-    slots = [v for v in decoder.values() if v[0][1:] != v[2][1:]]
-    assert slots and all((v[0][1], v[1][1], v[2][1]) == (1, 1, 2) for v in slots)  # shot slots 1/1/max_shots
+    slots = {name: v for name, v in decoder.items() if v[0][1:] != v[2][1:]}
+    assert sorted(slots) == sorted(SLOT_AXES)
+    for name, v in slots.items():  # shot slots 1/1/max_shots, on each tensor's slot axis
+        axis = SLOT_AXES[name]
+        assert (v[0][axis], v[1][axis], v[2][axis]) == (1, 1, 2), (name, v)
     assert all(b["cache_hits"] == 0 for b in trt.builds)
     caches = sorted(p.name for p in cache.iterdir())
     assert caches == ["timing-orin-sm87-trt10.3.0-fp16.cache", "timing-orin-sm87-trt10.3.0-fp32.cache"]

@@ -104,10 +104,8 @@ class PatchAlignment(nn.Module):
         # minimum is n: clamp, so the gather can never read past the last window.
         index = index.clamp(max=n - 1).to(torch.int64)  # B x nWq
         b, nw, t, d = support_tokens.shape
-        # Whole windows are taken by row from the B*nW windows: no index tensor of the tokens' size.
-        rows = index + torch.arange(b, dtype=index.dtype, device=index.device).reshape(b, 1) * nw
-        aligned = torch.index_select(support_tokens.reshape(b * nw, t, d), 0, rows.reshape(-1))
-        return aligned.reshape(b, index.shape[1], t, d), index
+        gather_index = index.reshape(b, -1, 1, 1).expand(b, index.shape[1], t, d)
+        return torch.gather(support_tokens, 1, gather_index), index
 
 
 class SCCABlock(nn.Module):
