@@ -45,7 +45,6 @@ CLASS_DIM = "classes"
 GLOBAL_FIELDS = ("prototype", "prior_keys", "prior_mask", "shot_valid")
 #: The per-shot fields, and the axis of each that holds the shot slots.
 SLOT_AXES = {"prior_keys": 2, "prior_mask": 1, "shot_valid": 1}
-SLOT_FIELDS = tuple(SLOT_AXES)
 BLOCK_FIELDS = ("tokens", "prototypes", "has_fg")
 
 
