@@ -26,10 +26,9 @@ _reference_forward = PatchAlignment.forward
 @torch.library.custom_op("sccan::patch_align", mutates_args=())
 def patch_align(query_windows: torch.Tensor, support_prototypes: torch.Tensor, support_has_fg: torch.Tensor,
                 support_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's patch alignment as one opaque op: (aligned, index int64)."""
-    aligned, index = _reference_forward(PatchAlignment(), query_windows, support_prototypes, support_has_fg,
-                                        support_tokens)
-    return aligned.contiguous(), index
+    """The model's patch alignment of one tensor of support windows as one opaque op: (aligned, index int64)."""
+    index = PatchAlignment().index(query_windows, support_prototypes, support_has_fg)
+    return PatchAlignment.gather(support_tokens, index).contiguous(), index
 
 
 @patch_align.register_fake
@@ -58,8 +57,20 @@ def _translate(query_windows: Any, support_prototypes: Any, support_has_fg: Any,
     return aligned, op.Cast(index, to=onnx.TensorProto.INT64)
 
 
-def _plugin_forward(self: PatchAlignment, query_windows, support_prototypes, support_has_fg, support_tokens):
-    return torch.ops.sccan.patch_align(query_windows, support_prototypes, support_has_fg, support_tokens)
+def _plugin_forward(self: PatchAlignment, query_windows, support_prototypes, support_has_fg, support_keys,
+                    support_values):
+    # The node gathers whole windows of the query windows' shape (C x W x T x D); each support
+    # window's keys (heads x T x head_dim) hold as many values, so they pass as that shape (a
+    # reshape, no copy), once for the keys and once for the values (the node's alignment is a
+    # few window means and W x W cosines: recomputing it costs less than a second gather node).
+    def align(windows):
+        aligned, index = torch.ops.sccan.patch_align(query_windows, support_prototypes, support_has_fg,
+                                                     windows.reshape(query_windows.shape))
+        return aligned.reshape(windows.shape), index
+
+    keys, index = align(support_keys)
+    values, _ = align(support_values)
+    return keys, values, index
 
 
 @contextlib.contextmanager

@@ -22,8 +22,10 @@ MANIFEST = "manifest.json"
 FORMAT = "sccan-bundle"
 #: 2: the manifest carries ``manifest_sha256``, the hash of its own content. 3: ``prior_keys`` is
 #: C x Dh x S x N: all shots' keys one matrix, support positions last (one product per frame, and
-#: the prior's softmax over contiguous memory).
-FORMAT_VERSION = 3
+#: the prior's softmax over contiguous memory). 4: the SCCA blocks' support tensors are the keys
+#: and values of the support tokens (``block{i}_keys``, ``block{i}_values``, per head), computed
+#: at registration, not the tokens; the layout records ``num_heads``.
+FORMAT_VERSION = 4
 GRAPHS = ("backbone", "support_encoder", "query_decoder")
 PRECISIONS = ("fp32", "fp16", "int8")
 

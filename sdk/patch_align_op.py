@@ -1,15 +1,17 @@
 """Patch alignment as one custom ONNX node, and how ONNX Runtime runs it.
 
-A bundle exported with ``--patch-align plugin`` has, in each SCCA block of the query decoder, one
-node in place of the standard-op subgraph (window means, cosine, first-index argmax, gather)::
+A bundle exported with ``--patch-align plugin`` has, in each SCCA block of the query decoder, two
+such nodes in place of the standard-op subgraph (window means, cosine, first-index argmax, gather):
+one gathers the aligned support windows' keys, the other their values (a window's keys,
+heads x T x head_dim, hold T x D values and pass reshaped to the query windows' shape)::
 
     SccanPatchAlign (domain "sccan", attributes cosine_eps = 1e-7, plugin_namespace = "sccan",
                      plugin_version = "1")
       inputs   query_windows       C x W x T x D   query tokens after norm1, windowed
                support_prototypes  C x W x D       the block's support window prototypes
                support_has_fg      C x W           1 where the support window holds foreground
-               support_tokens      C x W x T x D   the block's support tokens
-      outputs  aligned             C x W x T x D   per query window, its aligned support window's tokens
+               support_tokens      C x W x T x D   the support windows to gather (keys or values)
+      outputs  aligned             C x W x T x D   per query window, its aligned support window
                index               C x W (int32)   the aligned support window (a Cast makes it int64)
 
 score[a, b] = (cos(prototype a, mean of query window b) + 1) / 2 * has_fg[a], cosine with 1e-7 in

@@ -7,7 +7,8 @@ inputs of the ``query_decoder`` graph and the arrays of a saved support file. Th
 numpy-only: ``sccan.train`` and ``sccan.export`` import it, ``sccan.sdk`` lives on it.
 
 Fields, for ``C`` classes (the leading, dynamic dimension), ``S = max_shots`` shot slots,
-``G = grid`` (feature grid side), ``D = embed_dim``, ``Dh = high_channels``, ``T = window**2``:
+``G = grid`` (feature grid side), ``D = embed_dim``, ``Dh = high_channels``, ``T = window**2``,
+``H = num_heads``, ``d = D / H`` (head width):
 
 ==========================  ======================  =============================================
 name                        shape                   meaning
@@ -18,9 +19,12 @@ name                        shape                   meaning
                                                     slots second to last: one matrix of all shots)
 ``prior_mask``              C x S x G*G             per shot, the foreground mask at G x G
 ``shot_valid``              C x S                   1.0 for a real shot, 0.0 for a padding slot
-``block{i}_tokens``         C x W_i x T x D         SCCA block i: support tokens entering the
-                                                    block after ``norm1`` (zero-padded for
-                                                    shifted blocks), window-partitioned
+``block{i}_keys``           C x W_i x H x T x d     SCCA block i: the keys of ``attn_q`` (its
+                                                    ``kv`` Linear, first half) of the support
+                                                    tokens entering the block after ``norm1``
+                                                    (zero-padded for shifted blocks), per window
+                                                    and head
+``block{i}_values``         C x W_i x H x T x d     block i: the values (second half), likewise
 ``block{i}_prototypes``     C x W_i x D             block i: masked mean of each support window
 ``block{i}_has_fg``         C x W_i                 block i: 1.0 where the window holds
                                                     foreground
@@ -45,7 +49,7 @@ CLASS_DIM = "classes"
 GLOBAL_FIELDS = ("prototype", "prior_keys", "prior_mask", "shot_valid")
 #: The per-shot fields, and the axis of each that holds the shot slots.
 SLOT_AXES = {"prior_keys": 2, "prior_mask": 1, "shot_valid": 1}
-BLOCK_FIELDS = ("tokens", "prototypes", "has_fg")
+BLOCK_FIELDS = ("keys", "values", "prototypes", "has_fg")
 
 
 def first_slots(name: str, array: Any, slots: int) -> Any:
@@ -81,6 +85,7 @@ class SupportLayout:
         num_blocks: number of SCCA blocks (8 in the paper); odd blocks are shifted.
         window: window side (8 in the paper); shifted blocks pad by ``window // 2``.
         max_shots: shot slots kept per class (padding slots are flagged by ``shot_valid``).
+        num_heads: attention heads (8 in the paper): the support keys and values are per head.
     """
 
     grid: int
@@ -89,6 +94,7 @@ class SupportLayout:
     num_blocks: int
     window: int
     max_shots: int
+    num_heads: int
 
     def __post_init__(self) -> None:
         if self.grid % self.window:
@@ -97,6 +103,8 @@ class SupportLayout:
             raise ValueError(f"window must be even (shifted blocks pad by half), got {self.window}")
         if self.max_shots < 1:
             raise ValueError(f"max_shots must be >= 1, got {self.max_shots}")
+        if self.num_heads < 1 or self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by {self.num_heads} heads")
 
     @staticmethod
     def is_shifted(block: int) -> bool:
@@ -111,6 +119,7 @@ class SupportLayout:
     def specs(self) -> list[TensorSpec]:
         """Every support tensor's spec, in the canonical order (graph I/O order)."""
         c, s, g, d, t = CLASS_DIM, self.max_shots, self.grid, self.embed_dim, self.window**2
+        h = self.num_heads
         out = [
             TensorSpec("prototype", (c, d)),
             TensorSpec("prior_keys", (c, self.high_channels, s, g * g)),
@@ -120,7 +129,8 @@ class SupportLayout:
         for i in range(self.num_blocks):
             w = self.windows(i)
             out += [
-                TensorSpec(f"block{i}_tokens", (c, w, t, d)),
+                TensorSpec(f"block{i}_keys", (c, w, h, t, d // h)),
+                TensorSpec(f"block{i}_values", (c, w, h, t, d // h)),
                 TensorSpec(f"block{i}_prototypes", (c, w, d)),
                 TensorSpec(f"block{i}_has_fg", (c, w)),
             ]
@@ -167,10 +177,10 @@ class SupportFeatures(Mapping[str, Any]):
 
     @property
     def num_blocks(self) -> int:
-        return sum(1 for k in self._tensors if k.endswith("_tokens"))
+        return sum(1 for k in self._tensors if k.startswith("block") and k.endswith("_keys"))
 
-    def block(self, i: int) -> tuple[Any, Any, Any]:
-        """(tokens, prototypes, has_fg) of SCCA block ``i``."""
+    def block(self, i: int) -> tuple[Any, Any, Any, Any]:
+        """(keys, values, prototypes, has_fg) of SCCA block ``i``."""
         return tuple(self._tensors[f"block{i}_{f}"] for f in BLOCK_FIELDS)  # type: ignore[return-value]
 
     def check(self, layout: SupportLayout) -> None:

@@ -79,7 +79,7 @@ def test_parity_gate_fails_on_a_different_model(resnet_bundle):
 
 
 def test_parity_gate_fails_on_planted_index_differences(resnet_bundle, monkeypatch):
-    """The reference's alignment index moved to another window (its aligned tokens unchanged, so the
+    """The reference's alignment index moved to another window (its aligned keys and values unchanged, so the
     logits still agree): only the index check can see it, and it must."""
     from sccan.train.model.transformer import PatchAlignment
 
@@ -87,8 +87,8 @@ def test_parity_gate_fails_on_planted_index_differences(resnet_bundle, monkeypat
     original = PatchAlignment.forward
 
     def shifted(self, *args):
-        aligned, index = original(self, *args)
-        return aligned, (index + 1) % args[1].shape[1]
+        keys, values, index = original(self, *args)
+        return keys, values, (index + 1) % args[1].shape[1]
 
     monkeypatch.setattr(PatchAlignment, "forward", shifted)
     paths = {g: result.bundle / graph_file(g, "fp32") for g in GRAPHS}
@@ -314,7 +314,8 @@ def plugin_variant_agrees(model, default_bundle, tmp_path, size, shots):
     assert plugin.manifest["patch_align"] == "plugin" and plugin.manifest["parity"]["ok"]
     decoder = onnx.load(str(plugin.bundle / "query_decoder.onnx"))
     nodes = [n for n in decoder.graph.node if n.domain == "sccan"]
-    assert len(nodes) == model.config.num_blocks and {n.op_type for n in nodes} == {"SccanPatchAlign"}
+    # Per block two nodes: one gathers the aligned windows' keys, the other their values.
+    assert len(nodes) == 2 * model.config.num_blocks and {n.op_type for n in nodes} == {"SccanPatchAlign"}
     assert {a.name for a in nodes[0].attribute} == {"cosine_eps", "plugin_namespace", "plugin_version"}
     assert not check_model(decoder, "10.3") and not check_model(decoder, "11.x")
     sessions = [GraphSessions({g: b / graph_file(g, "fp32") for g in GRAPHS}) for b in (default_bundle, plugin.bundle)]

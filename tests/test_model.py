@@ -50,11 +50,13 @@ def test_prior_averages_valid_shots_only():
 # -- patch alignment ------------------------------------------------------------------------------
 
 def test_patch_alignment_all_background_ties_take_index_zero():
-    tokens = torch.randn(1, 4, 4, 8)
+    keys, values = torch.randn(1, 4, 2, 4, 4), torch.randn(1, 4, 2, 4, 4)
     query = torch.randn(1, 4, 4, 8)
-    aligned, index = PatchAlignment()(query, torch.randn(1, 4, 8), torch.zeros(1, 4), tokens)
+    aligned_keys, aligned_values, index = PatchAlignment()(query, torch.randn(1, 4, 8), torch.zeros(1, 4), keys,
+                                                           values)
     assert index.tolist() == [[0, 0, 0, 0]]
-    torch.testing.assert_close(aligned, tokens[:, [0, 0, 0, 0]])
+    torch.testing.assert_close(aligned_keys, keys[:, [0, 0, 0, 0]])
+    torch.testing.assert_close(aligned_values, values[:, [0, 0, 0, 0]])
 
 
 def test_patch_alignment_skips_window_without_foreground_and_breaks_ties_low():
@@ -66,11 +68,12 @@ def test_patch_alignment_skips_window_without_foreground_and_breaks_ties_low():
     protos = torch.stack([e[0], e[1], e[0], e[0], e[2]])[None]
     has_fg = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0]])
     tokens = torch.arange(5.0)[None, :, None, None].expand(1, 5, 2, d)
-    aligned, index = PatchAlignment()(query, protos, has_fg, tokens)
+    aligned, negated, index = PatchAlignment()(query, protos, has_fg, tokens, -tokens)
     # Query e0 -> windows 2 and 3 tie at score 1 (window 0 has no fg): the lower, 2.
     # Query e1 -> 1. Query e2 -> 4. Query e0 + e1 -> cos 1/sqrt2 with 1, 2 and 3: lowest, 1.
     assert index.tolist() == [[2, 1, 4, 1]]
     assert aligned[0, :, 0, 0].tolist() == [2.0, 1.0, 4.0, 1.0]
+    assert negated[0, :, 0, 0].tolist() == [-2.0, -1.0, -4.0, -1.0]
 
 
 def test_patch_alignment_score_is_half_cosine_plus_half():
@@ -79,26 +82,46 @@ def test_patch_alignment_score_is_half_cosine_plus_half():
     query = torch.ones(1, 1, 3, 2)
     tokens = torch.randn(1, 2, 3, 2)
     has_fg = torch.tensor([[0.0, 1.0]])
-    _, index = PatchAlignment()(query, torch.tensor([[[1.0, 1.0], [-1.0, 0.0]]]), has_fg, tokens)
+    *_, index = PatchAlignment()(query, torch.tensor([[[1.0, 1.0], [-1.0, 0.0]]]), has_fg, tokens, tokens)
     assert index.tolist() == [[1]]
-    _, index = PatchAlignment()(query, torch.tensor([[[1.0, 1.0], [-1.0, -1.0]]]), has_fg, tokens)
+    *_, index = PatchAlignment()(query, torch.tensor([[[1.0, 1.0], [-1.0, -1.0]]]), has_fg, tokens, tokens)
     assert index.tolist() == [[0]]
 
 
 # -- shifted windows ------------------------------------------------------------------------------
+
+def _support_keys_values(block, s):
+    """An independent reference: the support tokens (norm1, zero padding, windows) by hand, then
+    the query attention's kv Linear split into keys and values per head."""
+    p = block.pad
+    tokens = torch.nn.functional.pad(block.norm1(s), (0, 0, p, p, p, p))
+    tokens = window_partition(tokens, block.window)  # B x nW x T x D
+    b, nw, t, d = tokens.shape
+    heads = block.attn_q.num_heads
+    kv = torch.nn.functional.linear(tokens, block.attn_q.kv.weight, block.attn_q.kv.bias)
+    k, v = kv[..., :d], kv[..., d:]
+    per_head = lambda x: x.reshape(b, nw, t, heads, d // heads).transpose(2, 3)  # noqa: E731
+    return tokens, per_head(k), per_head(v)
+
 
 def test_shifted_block_pads_half_a_window_and_crops_back():
     block = SCCABlock(dim=8, num_heads=2, window=4, shifted=True, mlp_ratio=1.0).eval()
     s = torch.randn(1, 8, 8, 8)
     mask = torch.zeros(1, 8, 8)
     mask[0, :3, :3] = 1
-    new_s, (tokens, protos, has_fg) = block.encode_support(s, mask)
+    new_s, (keys, values, protos, has_fg) = block.encode_support(s, mask)
     assert new_s.shape == s.shape
-    assert tokens.shape == (1, 9, 16, 8)  # (8/4 + 1)^2 windows of 4 x 4 on a 12 x 12 padded map
-    # Window 0 covers padded rows/cols 0..3: rows/cols 0..1 are padding, exactly zero.
+    assert keys.shape == values.shape == (1, 9, 2, 16, 4)  # (8/4 + 1)^2 windows of 4 x 4, 2 heads
+    tokens, ref_keys, ref_values = _support_keys_values(block, s)
+    torch.testing.assert_close(keys, ref_keys)
+    torch.testing.assert_close(values, ref_values)
+    # Window 0 covers padded rows/cols 0..3: rows/cols 0..1 are padding, exactly zero tokens, so
+    # their keys and values are the kv Linear's bias alone.
     window0 = tokens[0, 0].reshape(4, 4, 8)
     assert torch.all(window0[:2] == 0) and torch.all(window0[:, :2] == 0)
     assert torch.all(window0[2:, 2:] != 0)
+    bias_k = block.attn_q.kv.bias[:8].reshape(2, 4)
+    assert torch.equal(keys[0, 0, :, 0], bias_k) and not torch.equal(keys[0, 0, :, 15], bias_k)
     # Foreground (rows/cols 0..2 of the map = padded 2..4) touches windows 0, 1, 3, 4 only.
     assert has_fg[0].tolist() == [1, 1, 0, 1, 1, 0, 0, 0, 0]
     # The prototype of window 4 (padded 4..7) is the masked mean: only padded (4,4) = map (2,2).
@@ -109,8 +132,11 @@ def test_shifted_block_pads_half_a_window_and_crops_back():
 def test_unshifted_block_has_no_padding():
     block = SCCABlock(dim=8, num_heads=2, window=4, shifted=False, mlp_ratio=1.0).eval()
     s = torch.randn(2, 8, 8, 8)
-    _, (tokens, _, _) = block.encode_support(s, torch.ones(2, 8, 8))
+    _, (keys, values, _, _) = block.encode_support(s, torch.ones(2, 8, 8))
+    tokens, ref_keys, ref_values = _support_keys_values(block, s)
     torch.testing.assert_close(tokens, window_partition(block.norm1(s), 4))
+    torch.testing.assert_close(keys, ref_keys)
+    torch.testing.assert_close(values, ref_values)
 
 
 def test_shifted_query_stream_matches_explicit_padding():
@@ -122,8 +148,8 @@ def test_shifted_query_stream_matches_explicit_padding():
     out, _ = shifted(q, *cache)
     qn = torch.nn.functional.pad(shifted.norm1(q), (0, 0, 2, 2, 2, 2))
     windows = window_partition(qn, 4)
-    aligned, _ = shifted.align(windows, *cache[1:], cache[0])
-    attn = shifted.attn_q(windows, aligned)
+    keys, values, _ = shifted.align(windows, *cache[2:], *cache[:2])
+    attn = shifted.attn_q(windows, (keys, values))
     from sccan.train.model.ops import window_reverse
     attn = window_reverse(attn, 4, 12, 12)[:, 2:10, 2:10]
     expected = q + attn
@@ -138,7 +164,7 @@ def test_query_attention_scaled_self_keys_and_cosine_support_keys_in_one_softmax
     dim, heads, t = 8, 2, 4
     attn = WindowAttention(dim, heads).eval()
     x, sup = torch.randn(1, 1, t, dim), torch.randn(1, 1, t, dim)
-    out = attn(x, sup)
+    out = attn(x, attn.keys_values(sup))
     hd = dim // heads
     q = attn.q(x)[0, 0]
     k, v = attn.kv(x)[0, 0].split(dim, dim=-1)
@@ -236,7 +262,9 @@ def test_dropout_only_in_train_mode_and_backbone_stays_frozen(small_model):
 
 def test_schema_layout_validates():
     with pytest.raises(ValueError, match="multiple of window"):
-        SupportLayout(grid=10, embed_dim=8, high_channels=8, num_blocks=2, window=4, max_shots=1)
+        SupportLayout(grid=10, embed_dim=8, high_channels=8, num_blocks=2, window=4, max_shots=1, num_heads=2)
+    with pytest.raises(ValueError, match="not divisible by 3 heads"):
+        SupportLayout(grid=8, embed_dim=8, high_channels=8, num_blocks=2, window=4, max_shots=1, num_heads=3)
 
 
 @pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
@@ -255,7 +283,7 @@ def test_resnet50_at_473_split_and_shapes():
     assert mid.shape == (1, 1536, 60, 60) and high.shape == (1, 2048, 60, 60)
     features = model.encode_support(support, masks)
     features.check(model.support_layout(1))
-    assert features["block1_tokens"].shape == (1, 81, 64, 256)
+    assert features["block1_keys"].shape == (1, 81, 8, 64, 32)
     logits = model.decode_query(query, features)
     assert logits.shape == (1, 2, 473, 473) and torch.isfinite(logits).all()
     torch.testing.assert_close(model(query, support, masks), logits)
@@ -269,6 +297,6 @@ def test_alignment_index_is_clamped_when_no_score_equals_the_maximum():
     q = torch.randn(2, 5, 4, 8)
     tokens = torch.randn(2, 5, 4, 8)
     has_fg = torch.full((2, 5), float("nan"))
-    aligned, index = PatchAlignment()(q, torch.randn(2, 5, 8), has_fg, tokens)
+    aligned, _, index = PatchAlignment()(q, torch.randn(2, 5, 8), has_fg, tokens, tokens)
     assert index.tolist() == [[4] * 5] * 2
     assert torch.equal(aligned, tokens[:, [4] * 5])

@@ -36,7 +36,7 @@ def run_with_probes(model, data, shots):
     hooks = [model.prior.register_forward_hook(lambda m, i, o: probes.__setitem__("prior", o))]
     for b in range(2):
         hooks.append(model.transformer.blocks[b].align.register_forward_hook(
-            lambda m, i, o, b=b: probes.__setitem__(f"index{b}", o[1])))
+            lambda m, i, o, b=b: probes.__setitem__(f"index{b}", o[-1])))
     for b in (0, 7):
         hooks.append(model.transformer.blocks[b].register_forward_hook(
             lambda m, i, o, b=b: probes.__setitem__(f"q{b}", o[0])))

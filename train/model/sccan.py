@@ -64,7 +64,8 @@ class SCCAN(nn.Module):
         """The :class:`SupportLayout` of this model's support features with ``max_shots`` slots."""
         c = self.config
         return SupportLayout(grid=c.grid, embed_dim=c.embed_dim, high_channels=self.backbone.high_channels,
-                             num_blocks=c.num_blocks, window=c.window, max_shots=max_shots)
+                             num_blocks=c.num_blocks, window=c.window, max_shots=max_shots,
+                             num_heads=c.num_heads)
 
     # -- the three deployable parts -------------------------------------------------------------
 
@@ -107,8 +108,9 @@ class SCCAN(nn.Module):
         keys = keys.transpose(1, 2).contiguous()  # B x Ch x slots x GG: all shots' keys, one matrix
 
         tensors = {"prototype": prototype, "prior_keys": keys, "prior_mask": prior_mask, "shot_valid": valid}
-        for i, (tokens, prototypes, has_fg) in enumerate(caches):
-            tensors[f"block{i}_tokens"] = tokens
+        for i, (keys, values, prototypes, has_fg) in enumerate(caches):
+            tensors[f"block{i}_keys"] = keys
+            tensors[f"block{i}_values"] = values
             tensors[f"block{i}_prototypes"] = prototypes
             tensors[f"block{i}_has_fg"] = has_fg
         return SupportFeatures(tensors)

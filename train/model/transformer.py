@@ -2,7 +2,8 @@
 
 Both streams work on G x G token maps (B x G x G x D). The support stream never reads the
 query, so :meth:`SCCATransformer.encode_support` runs it once per support set and keeps, per
-block, what the query stream needs (tokens after ``norm1``, window prototypes, foreground flags);
+block, what the query stream needs (the keys and values of ``attn_q`` over the support tokens
+after ``norm1``, window prototypes, foreground flags);
 :meth:`SCCATransformer.forward` then runs the query stream alone.
 """
 
@@ -21,10 +22,10 @@ class WindowAttention(nn.Module):
     """Multi-head attention inside windows (``q``, ``kv``, ``proj`` as in the checkpoints).
 
     ``forward(x, support=None)``: x is B x nW x T x D. Without ``support`` this is window
-    self-attention with logits scaled by head_dim**-0.5. With ``support`` (B x nW x Ts x D, the
-    aligned support tokens) the keys/values are those of x followed by those of the support
-    tokens; the support logits are the unscaled cosine similarity of query and key, and one
-    softmax runs over all T + Ts keys.
+    self-attention with logits scaled by head_dim**-0.5. With ``support`` (the aligned support
+    windows' keys and values from :meth:`keys_values`, each B x nW x heads x Ts x head_dim) the
+    keys/values are those of x followed by the support's; the support logits are the unscaled
+    cosine similarity of query and key, and one softmax runs over all T + Ts keys.
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -43,13 +44,19 @@ class WindowAttention(nn.Module):
         x = x.reshape(b, nw, t, n, self.num_heads, self.q.out_features // self.num_heads)
         return x.permute(3, 0, 1, 4, 2, 5)
 
-    def forward(self, x: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of tokens x (B x nW x T x D), each B x nW x heads x T x head_dim."""
+        k, v = self._heads(self.kv(x)).unbind(0)
+        return k, v
+
+    def forward(self, x: torch.Tensor, support: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
         b, nw, t, d = x.shape
         q = self._heads(self.q(x))[0]
-        k, v = self._heads(self.kv(x)).unbind(0)
+        k, v = self.keys_values(x)
         logits = torch.matmul(q, k.transpose(-2, -1)) * self.scale
         if support is not None:
-            ks, vs = self._heads(self.kv(support)).unbind(0)
+            ks, vs = support
             logits = torch.cat([logits, self.cosine(q, ks)], dim=-1)
             v = torch.cat([v, vs], dim=-2)
         attn = F.softmax(logits, dim=-1)
@@ -73,10 +80,12 @@ class Mlp(nn.Module):
 class PatchAlignment(nn.Module):
     """For each query window, the support window whose prototype is most similar.
 
-    ``forward(query_windows, support_prototypes, support_has_fg, support_tokens)``:
+    ``forward(query_windows, support_prototypes, support_has_fg, support_keys, support_values)``:
         query_windows: B x nW x T x D (query tokens after norm1, windowed).
-        support_prototypes: B x nW x D; support_has_fg: B x nW; support_tokens: B x nW x T x D.
-    Returns (aligned support tokens B x nW x T x D, index B x nW int64). The score is
+        support_prototypes: B x nW x D; support_has_fg: B x nW; support_keys and
+        support_values: B x nW x ... (per support window, whatever it holds; here the window's
+        keys and values, heads x T x head_dim each).
+    Returns (aligned keys, aligned values, each B x nWq x ..., index B x nWq int64). The score is
     ``(cos + 1) / 2 * has_fg`` and ties take the lowest index, computed explicitly (max,
     equality, smallest index) because FP16 engines create exact ties and TensorRT's ArgMax does
     not document which index wins.
@@ -92,9 +101,9 @@ class PatchAlignment(nn.Module):
         cos = self.cosine(support_prototypes, query_windows.mean(dim=2))
         return (cos + 1.0) / 2.0 * support_has_fg.unsqueeze(-1)
 
-    def forward(self, query_windows: torch.Tensor, support_prototypes: torch.Tensor,
-                support_has_fg: torch.Tensor, support_tokens: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def index(self, query_windows: torch.Tensor, support_prototypes: torch.Tensor,
+              support_has_fg: torch.Tensor) -> torch.Tensor:
+        """B x nWq int64: the aligned support window of each query window."""
         score = self.scores(query_windows, support_prototypes, support_has_fg)
         best = score.amax(dim=1, keepdim=True)
         n = score.shape[1]
@@ -102,10 +111,25 @@ class PatchAlignment(nn.Module):
         index = torch.where(score == best, positions, torch.full_like(score, n)).amin(dim=1)
         # If a fused FP16 kernel's max equals no element exactly, no position matches and the
         # minimum is n: clamp, so the gather can never read past the last window.
-        index = index.clamp(max=n - 1).to(torch.int64)  # B x nWq
-        b, nw, t, d = support_tokens.shape
-        gather_index = index.reshape(b, -1, 1, 1).expand(b, index.shape[1], t, d)
-        return torch.gather(support_tokens, 1, gather_index), index
+        return index.clamp(max=n - 1).to(torch.int64)
+
+    @staticmethod
+    def gather(windows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """B x nWs x ... windows, index B x nWq -> B x nWq x ...: whole windows by row.
+
+        The classes' windows as one list of B*nWs rows and one index_select (ONNX Gather on
+        axis 0) of B*nWq rows, not a gather with an index per element.
+        """
+        b, nw = windows.shape[:2]
+        rows = (index + torch.arange(b, device=index.device).reshape(b, 1) * nw).reshape(-1)
+        picked = torch.index_select(windows.reshape(b * nw, -1), 0, rows)
+        return picked.reshape(b, index.shape[1], *windows.shape[2:])
+
+    def forward(self, query_windows: torch.Tensor, support_prototypes: torch.Tensor,
+                support_has_fg: torch.Tensor, support_keys: torch.Tensor, support_values: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index = self.index(query_windows, support_prototypes, support_has_fg)
+        return self.gather(support_keys, index), self.gather(support_values, index), index
 
 
 class SCCABlock(nn.Module):
@@ -140,8 +164,10 @@ class SCCABlock(nn.Module):
                        ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Support stream. s: B x H x W x D tokens; mask: B x H x W (shot-mean mask).
 
-        Returns (next support tokens, or None when ``update`` is False, and the cache
-        (tokens B x nW x T x D, prototypes B x nW x D, has_fg B x nW) for the query stream).
+        Returns (next support tokens, or None when ``update`` is False, and the cache for the
+        query stream: the support windows' keys and values of ``attn_q``, each B x nW x heads x T x
+        head_dim, prototypes B x nW x D, has_fg B x nW). The keys and values depend on the
+        support alone: computed here once, the query stream only gathers the aligned windows'.
         """
         _, h, w, _ = s.shape
         tokens = window_partition(self._pad(self.norm1(s)), self.window)
@@ -149,23 +175,26 @@ class SCCABlock(nn.Module):
         mask_sum = mask_windows.sum(dim=2)  # B x nW x 1
         prototypes = (tokens * mask_windows).sum(dim=2) / (mask_sum + PROTOTYPE_EPS)
         has_fg = (mask_sum.squeeze(-1) > 0).to(tokens.dtype)
-        cache = (tokens, prototypes, has_fg)
+        keys, values = self.attn_q.keys_values(tokens)
+        cache = (keys.contiguous(), values.contiguous(), prototypes, has_fg)
         if not update:
             return None, cache
         s = s + self._unwindow(self.attn_s(tokens), h, w)
         s = s + self.mlp_s(self.norm2(s))
         return s, cache
 
-    def forward(self, q: torch.Tensor, support_tokens: torch.Tensor, support_prototypes: torch.Tensor,
-                support_has_fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, q: torch.Tensor, support_keys: torch.Tensor, support_values: torch.Tensor,
+                support_prototypes: torch.Tensor, support_has_fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Query stream. q: B x H x W x D; the cache from :meth:`encode_support`.
 
         Returns (q, the aligned support window of each query window, B x nW int64).
+        The cache is (keys, values, prototypes, has_fg) from :meth:`encode_support`.
         """
         _, h, w, _ = q.shape
         windows = window_partition(self._pad(self.norm1(q)), self.window)
-        aligned, index = self.align(windows, support_prototypes, support_has_fg, support_tokens)
-        q = q + self._unwindow(self.attn_q(windows, aligned), h, w)
+        keys, values, index = self.align(windows, support_prototypes, support_has_fg, support_keys,
+                                         support_values)
+        q = q + self._unwindow(self.attn_q(windows, (keys, values)), h, w)
         return q + self.mlp_q(self.norm2(q)), index
 
 
