@@ -11,7 +11,8 @@ run mean anything):
 * the baseline: the PyTorch model's full eager forward with the support recomputed every frame (as
   the authors' code runs), same input, same thread count, where torch and ``sccan.train`` are
   installed (plugged in through the ``sccan.bench_baselines`` entry point, so this module never
-  imports torch);
+  imports torch); its forwards run between the SDK's timed frames, spread evenly, so that the
+  machine's speed drifting during a run moves both sides of the ratio alike;
 * peak resident memory; with ``soak``, N frames with classes added and removed along the way and the
   growth of resident memory after warm-up.
 
@@ -25,6 +26,7 @@ import json
 import os
 import resource
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
@@ -216,7 +218,8 @@ class BenchResult:
         if self.baseline_note:
             lines.append(f"baseline: {self.baseline_note}")
         if self.soak:
-            lines.append(f"soak: {self.soak['frames']} frames, RSS {self.soak['rss_after_warmup_mb']:.0f} -> "
+            lines.append(f"soak: {self.soak['frames']} frames, RSS after the {self.soak['warmup_frames']}-frame warm-up "
+                         f"{self.soak['rss_after_warmup_mb']:.0f} -> "
                          f"{self.soak['rss_end_mb']:.0f} MB ({100 * self.soak['growth']:+.2f}%), "
                          f"{self.soak['class_changes']} class changes, {'ok' if self.soak['ok'] else 'GREW'}")
         return "\n".join(lines)
@@ -236,10 +239,13 @@ def load_baseline(bundle: Path, threads: int | None) -> tuple[Callable | None, s
 DEVICE_STAGES = {"backbone": ("backbone",), "decode": ("query_decoder",)}
 
 
-def _time_frames(seg: Segmenter, frame: np.ndarray, names: list[str], frames: int, warmup: int,
-                 bar: tqdm) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def _time_frames(seg: Segmenter, frame: np.ndarray, names: list[str], frames: int, warmup: int, bar: tqdm,
+                 between: Callable[[], None] | None = None, runs_between: int = 0
+                 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Host seconds per stage and frame; with a TensorRT backend also GPU seconds per stage
-    (CUDA events around each engine's execution)."""
+    (CUDA events around each engine's execution). ``between`` (the baseline) is called
+    ``runs_between`` times spread evenly among the timed frames, so that the machine's speed
+    drifting during the run moves both alike."""
     device = getattr(seg.backend, "device_timing", None) is not None
     if device:
         seg.backend.device_timing = True
@@ -249,7 +255,9 @@ def _time_frames(seg: Segmenter, frame: np.ndarray, names: list[str], frames: in
     gpu: dict[str, list[float]] = {s: [] for s in DEVICE_STAGES} if device else {}
     if device:
         seg.backend.take_device_ms()
-    for _ in range(frames):
+    # how many runs of ``between`` follow each timed frame: spread evenly, the last after the last frame
+    schedule = Counter(max(0, (r + 1) * frames // runs_between - 1) for r in range(runs_between)) if between else {}
+    for i in range(frames):
         timings = seg.segment(frame, classes=names).timings
         for s in STAGES:
             times[s].append(timings[s])
@@ -258,6 +266,8 @@ def _time_frames(seg: Segmenter, frame: np.ndarray, names: list[str], frames: in
             for stage, graphs in DEVICE_STAGES.items():
                 gpu[stage].append(sum(ms.get(g, 0.0) for g in graphs) / 1000.0)
         bar.update()
+        for _ in range(schedule.get(i, 0)):
+            between()
     if device:
         seg.backend.device_timing = False
     return times, gpu
@@ -293,7 +303,23 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
             shots_ = [synthetic_scene(100 * i + j + 1, h, w) for j in range(case.shots)]
             seg.add_class(name, [s[0] for s in shots_], [s[1] for s in shots_])
         case.register_ms_per_class = 1000 * (time.perf_counter() - start) / case.classes
-        times, gpu = _time_frames(seg, frame, names, frames, warmup, bar)
+        key = (case.shots, case.frame)
+        seconds: list[float] = []
+        between = None
+        if run_baseline is not None and key not in baseline_cache:
+            base_shots = [synthetic_scene(j + 1, h, w) for j in range(case.shots)]
+            base_images, base_masks = [s[0] for s in base_shots], [s[1] for s in base_shots]
+            run_baseline(frame, base_images, base_masks)  # warm-up
+
+            def between() -> None:
+                t = time.perf_counter()
+                run_baseline(frame, base_images, base_masks)
+                seconds.append(time.perf_counter() - t)
+                bar.update()
+
+        times, gpu = _time_frames(seg, frame, names, frames, warmup, bar, between, max(3, frames // 4))
+        if seconds:
+            baseline_cache[key] = summary(seconds)
         case.stages = {s: summary(times[s]) for s in STAGES}
         if gpu:
             case.device_stages = {s: summary(v) for s, v in gpu.items()}
@@ -305,18 +331,7 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
                 (case.stages["backbone"]["median_ms"] + case.stages["decode"]["median_ms"]) / 1000.0)
             case.decoder_gflops = case.classes * decoder_gflops(cost, case.shots) / (
                 case.stages["decode"]["median_ms"] / 1000.0)
-        if run_baseline is not None:
-            key = (case.shots, case.frame)
-            if key not in baseline_cache:
-                shots_ = [synthetic_scene(j + 1, h, w) for j in range(case.shots)]
-                run_baseline(frame, [s[0] for s in shots_], [s[1] for s in shots_])  # warm-up
-                seconds = []
-                for _ in range(max(3, frames // 4)):
-                    t = time.perf_counter()
-                    run_baseline(frame, [s[0] for s in shots_], [s[1] for s in shots_])
-                    seconds.append(time.perf_counter() - t)
-                    bar.update()
-                baseline_cache[key] = summary(seconds)
+        if key in baseline_cache:
             # The baseline segments one class per forward: C classes cost C forwards.
             case.baseline = {k: v * case.classes for k, v in baseline_cache[key].items()}
             case.ratio_to_baseline = case.stages["total"]["median_ms"] / case.baseline["median_ms"]
@@ -331,31 +346,85 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
                        ceiling_note, peak_rss_mb(), note, soak_result, gpu)
 
 
+#: The soak replaces one of ``SOAK_SLOTS`` classes every ``SOAK_EVERY`` frames.
+SOAK_EVERY, SOAK_SLOTS = 50, 4
+
+
 def _soak(seg: Segmenter, frames: int, size: tuple[int, int], bar: tqdm) -> dict[str, Any]:
-    """``frames`` frames with classes added and removed along the way; resident memory after a
-    warm-up tenth against the end (limit +2%)."""
+    """``frames`` frames with classes added and removed along the way; resident memory after the
+    warm-up against the end (limit +2%), and its trace at each class change.
+
+    The warm-up lasts until every class has been replaced once (``2 x SOAK_SLOTS x SOAK_EVERY``
+    frames: the slots filled, then each replaced), or a tenth of the frames if that is longer: the
+    first replacement frees the first large support arrays, and glibc then serves blocks of that size
+    from its heap instead of fresh mappings, a one-time step of its resident size, not growth.
+    """
     h, w = size
-    scenes = [synthetic_scene(500 + i, h, w) for i in range(4)]
+    scenes = [synthetic_scene(500 + i, h, w) for i in range(SOAK_SLOTS)]
     for name in seg.classes:
         seg.remove_class(name)
-    warm = max(1, frames // 10)
-    rss_warm, changes = None, 0
+    warm = max(frames // 10, 2 * SOAK_SLOTS * SOAK_EVERY)
+    if warm >= frames:  # too short to pass the first replacements: a tenth, as a smoke check
+        warm = max(1, frames // 10)
+    rss_warm, changes, trace = None, 0, []
     for i in range(frames):
-        if i % 50 == 0:  # replace one class every 50 frames, cycling through four
-            name = f"soak{(i // 50) % 4}"
+        if i % SOAK_EVERY == 0:  # replace one class every SOAK_EVERY frames, cycling through the slots
+            trace.append([i, current_rss_mb()])
+            slot = (i // SOAK_EVERY) % SOAK_SLOTS
+            name = f"soak{slot}"
             if name in seg.classes:
                 seg.remove_class(name)
-            frame, mask = scenes[(i // 50) % 4]
+            frame, mask = scenes[slot]
             seg.add_class(name, [frame], [mask])
             changes += 1
-        seg.segment(scenes[i % 4][0])
+        seg.segment(scenes[i % SOAK_SLOTS][0])
         bar.update()
         if i + 1 == warm:
             rss_warm = current_rss_mb()
     rss_end = current_rss_mb()
+    trace.append([frames, rss_end])
     growth = (rss_end - rss_warm) / rss_warm
-    return {"frames": frames, "rss_after_warmup_mb": rss_warm, "rss_end_mb": rss_end, "growth": growth,
-            "class_changes": changes, "ok": growth < 0.02}
+    return {"frames": frames, "warmup_frames": warm, "rss_after_warmup_mb": rss_warm, "rss_end_mb": rss_end,
+            "growth": growth, "class_changes": changes, "ok": growth < 0.02, "rss_trace_mb": trace}
+
+
+def line_chart(title: str, points: Sequence[Sequence[float]], x_label: str, unit: str,
+               mark_x: float | None = None) -> np.ndarray:
+    """A line chart of (x, y) points as a BGR image (OpenCV only), the y axis from 0; ``mark_x``
+    draws a dashed vertical line (the end of a warm-up)."""
+    width, height, left, bottom, top, right = 640, 360, 70, 50, 50, 20
+    img = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(img, title, (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    xs = [float(p[0]) for p in points]
+    ys = [float(p[1]) for p in points]
+    x_max, y_max = max(max(xs), 1.0), max(max(ys), 1e-9) * 1.1
+    plot_w, plot_h = width - left - right, height - bottom - top
+
+    def at(x: float, y: float) -> tuple[int, int]:
+        return int(left + plot_w * x / x_max), int(height - bottom - plot_h * y / y_max)
+
+    cv2.line(img, (left, height - bottom), (width - right, height - bottom), (0, 0, 0), 1)
+    cv2.line(img, (left, top), (left, height - bottom), (0, 0, 0), 1)
+    for frac in (0.25, 0.5, 0.75, 1.0):
+        y = int(height - bottom - frac * plot_h)
+        cv2.putText(img, f"{frac * y_max:.0f}", (5, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
+        cv2.line(img, (left - 3, y), (width - right, y), (220, 220, 220), 1)
+    for frac in (0.0, 0.5, 1.0):
+        x, _ = at(frac * x_max, 0)
+        cv2.putText(img, f"{frac * x_max:.0f}", (x - 10, height - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (80, 80, 80), 1, cv2.LINE_AA)
+    cv2.putText(img, unit, (5, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
+    cv2.putText(img, x_label, (width // 2 - 20, height - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    if mark_x is not None:
+        x, _ = at(mark_x, 0)
+        for y in range(top, height - bottom, 8):
+            cv2.line(img, (x, y), (x, min(y + 4, height - bottom)), (60, 60, 220), 1)
+    pixels = np.array([at(x, y) for x, y in zip(xs, ys)], np.int32)
+    cv2.polylines(img, [pixels], False, (200, 120, 40), 2, cv2.LINE_AA)
+    for p in pixels:
+        cv2.circle(img, (int(p[0]), int(p[1])), 3, (200, 120, 40), -1, cv2.LINE_AA)
+    return img
 
 
 def bar_chart(title: str, labels: Sequence[str], series: dict[str, Sequence[float]], unit: str = "ms") -> np.ndarray:
@@ -418,6 +487,13 @@ def write_report(result: BenchResult, output: str | os.PathLike) -> list[Path]:
     chart("latency_vs_frame", f"frame latency vs frame size ({first.shots} shot, {first.classes} class)",
           lambda c: f"{c.frame[1]}x{c.frame[0]}",
           [c for c in result.cases if c.shots == first.shots and c.classes == first.classes])
+    if result.soak and result.soak.get("rss_trace_mb"):
+        soak = result.soak
+        path = out / "soak_rss.png"
+        cv2.imwrite(str(path), line_chart(
+            f"soak: resident memory at each class change ({soak['growth']:+.2%} after the warm-up, dashed)",
+            soak["rss_trace_mb"], "frame", "MB", mark_x=soak["warmup_frames"]))
+        written.append(path)
     (out / "bench.txt").write_text(result.table() + "\n")
     written.append(out / "bench.txt")
     return written

@@ -40,6 +40,7 @@ from .bundle import PRECISIONS, Bundle, load_bundle
 from .errors import (BadArgumentError, BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError,
                      EmptyMaskError, MissingFileError, SCCANError, UnknownClassError)
 from .images import as_mask, as_rgb, check_color
+from .memory import release_freed_memory
 from .preprocess import frame_probability, normalize, resize_image, resize_label
 from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, first_slots
 
@@ -316,6 +317,7 @@ class Segmenter:
             self._cache[name] = support
             self._shots[name] = len(images)
             self._resident.clear()
+        release_freed_memory()
 
     def support_features(self, name: str) -> dict[str, np.ndarray]:
         """The cached support encoder outputs of class ``name`` (1 x max_shots x ... per slot field;
@@ -332,6 +334,7 @@ class Segmenter:
             del self._cache[name]
             del self._shots[name]
             self._resident.clear()
+        release_freed_memory()
 
     def save_support(self, path: str | os.PathLike, classes: Sequence[str] | None = None) -> Path:
         """Write the registered classes' support features (all, or ``classes``) to an ``.npz`` (no
@@ -414,6 +417,7 @@ class Segmenter:
                 self._cache[name] = loaded[name]
                 self._shots[name] = meta["shots"][name]
             self._resident.clear()
+        release_freed_memory()
         return list(meta["classes"])
 
     # -- segmentation ------------------------------------------------------------------------------

@@ -175,8 +175,10 @@ def test_bench_runs_and_writes_its_report(small_export, tmp_path):
     assert set(case["stages"]) == {"preprocess", "backbone", "decode", "postprocess", "total"}
     assert {"median_ms", "p90_ms", "p99_ms"} <= set(case["stages"]["total"]) and case["fps"] > 0
     assert case["baseline"] is not None and case["ratio_to_baseline"] > 0 and "PyTorch" in report["baseline_note"]
-    assert report["soak"]["frames"] == 12 and report["soak"]["class_changes"] >= 1
-    for chart in ("latency_vs_shots", "latency_vs_classes", "latency_vs_frame"):
+    soak = report["soak"]
+    assert soak["frames"] == 12 and soak["class_changes"] >= 1 and soak["warmup_frames"] == 1
+    assert [p[0] for p in soak["rss_trace_mb"]] == [0, 12] and all(p[1] > 0 for p in soak["rss_trace_mb"])
+    for chart in ("latency_vs_shots", "latency_vs_classes", "latency_vs_frame", "soak_rss"):
         assert (tmp_path / "bench" / f"{chart}.png").stat().st_size > 1000
     assert "ceiling: FP32 matmul" in out.stdout
     bad = _sccan("bench", "--bundle", small_export[1], "--shots", "9")
@@ -201,3 +203,30 @@ assert not {"torch", "onnx"} & set(sys.modules)
     out = subprocess.run([sys.executable, "-c", code, str(small_export[1])], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "(40, 60)" in out.stdout, out.stderr[-2000:]
+
+
+def test_bench_spreads_the_baseline_among_the_timed_frames():
+    """The baseline's forwards alternate with the SDK's frames (a drift in the machine's speed moves
+    both sides of the ratio alike), all of them run, the last after the last frame."""
+    from types import SimpleNamespace
+
+    from sccan.sdk.bench import STAGES, _time_frames
+
+    events = []
+
+    class Stub:
+        backend = SimpleNamespace()
+
+        def segment(self, frame, classes):
+            events.append("f")
+            return SimpleNamespace(timings={s: 0.001 for s in STAGES})
+
+    bar = SimpleNamespace(update=lambda: None)
+    times, _ = _time_frames(Stub(), None, ["a"], 12, 2, bar, lambda: events.append("b"), 3)
+    assert "".join(events) == "ff" + "ffffb" * 3 and len(times["total"]) == 12
+    events.clear()
+    _time_frames(Stub(), None, ["a"], 2, 0, bar, lambda: events.append("b"), 3)  # more runs than frames
+    assert "".join(events) == "fbbfb"
+    events.clear()
+    _time_frames(Stub(), None, ["a"], 3, 0, bar)  # no baseline
+    assert "".join(events) == "fff"
