@@ -230,3 +230,39 @@ def test_bench_spreads_the_baseline_among_the_timed_frames():
     events.clear()
     _time_frames(Stub(), None, ["a"], 3, 0, bar)  # no baseline
     assert "".join(events) == "fff"
+
+
+def test_soak_gate_fails_on_memory_kept_after_the_warm_up():
+    """The soak's gate, planted: a segmenter that keeps 8 MB for every class it ever registered
+    fails it; one that replaces them passes. The warm-up covers the first replacements only."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sccan.sdk.bench import _soak
+
+    class Stub:
+        def __init__(self, leak):
+            self.leak, self.kept, self.arrays = leak, [], {}
+
+        @property
+        def classes(self):
+            return list(self.arrays)
+
+        def add_class(self, name, images, masks):
+            self.arrays[name] = np.ones(8 << 20, np.uint8)
+            if self.leak:
+                self.kept.append(self.arrays[name])
+
+        def remove_class(self, name):
+            del self.arrays[name]
+
+        def segment(self, frame):
+            return None
+
+    bar = SimpleNamespace(update=lambda: None)
+    leaky = _soak(Stub(leak=True), 2000, (48, 64), bar)
+    assert leaky["warmup_frames"] == 400 and leaky["class_changes"] == 40 and len(leaky["rss_trace_mb"]) == 41
+    assert not leaky["ok"] and leaky["rss_end_mb"] - leaky["rss_after_warmup_mb"] > 200, leaky["growth"]
+    steady = _soak(Stub(leak=False), 2000, (48, 64), bar)
+    assert steady["ok"], steady["growth"]
