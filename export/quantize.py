@@ -260,12 +260,12 @@ def _quantize(graph: str, source: Path, target: Path, cache: Path, feeds: list[d
     """``source`` (the FP32 ``graph``) -> QDQ INT8 ``target``: symmetric activations and weights,
     per-channel weights, FP32 biases, the operators of QUANTIZED_OPS and outputs per FLOAT_OUTPUTS;
     ranges from ``cache`` (computed from ``feeds`` the first time)."""
-    ops = QUANTIZED_OPS[graph]
     import logging
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     logging.getLogger().setLevel(logging.ERROR)  # the tool logs every node it leaves alone
+    ops = QUANTIZED_OPS[graph]
     quantize_static(str(source), str(target), _Reader(feeds) if feeds is not None else None,
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=list(ops) if ops else None, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,

@@ -388,32 +388,40 @@ def _soak(seg: Segmenter, frames: int, size: tuple[int, int], bar: tqdm) -> dict
             "growth": growth, "class_changes": changes, "ok": growth < 0.02, "rss_trace_mb": trace}
 
 
+def _chart_canvas(title: str, unit: str, width: int, height: int, left: int, right: int, bottom: int, top: int,
+                  y_max: float, grid: Sequence[float]) -> np.ndarray:
+    """A white BGR canvas with the title, the two axes, labelled grid lines at fractions ``grid`` of
+    ``y_max`` and the y unit: what the charts below share."""
+    img = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(img, title, (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.line(img, (left, height - bottom), (width - right, height - bottom), (0, 0, 0), 1)
+    cv2.line(img, (left, top), (left, height - bottom), (0, 0, 0), 1)
+    for frac in grid:
+        y = int(height - bottom - frac * (height - bottom - top))
+        cv2.putText(img, f"{frac * y_max:.0f}", (5, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
+        cv2.line(img, (left - 3, y), (width - right, y), (220, 220, 220), 1)
+    cv2.putText(img, unit, (5, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
+    return img
+
+
 def line_chart(title: str, points: Sequence[Sequence[float]], x_label: str, unit: str,
                mark_x: float | None = None) -> np.ndarray:
     """A line chart of (x, y) points as a BGR image (OpenCV only), the y axis from 0; ``mark_x``
     draws a dashed vertical line (the end of a warm-up)."""
     width, height, left, bottom, top, right = 640, 360, 70, 50, 50, 20
-    img = np.full((height, width, 3), 255, np.uint8)
-    cv2.putText(img, title, (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     xs = [float(p[0]) for p in points]
     ys = [float(p[1]) for p in points]
     x_max, y_max = max(max(xs), 1.0), max(max(ys), 1e-9) * 1.1
+    img = _chart_canvas(title, unit, width, height, left, right, bottom, top, y_max, (0.25, 0.5, 0.75, 1.0))
     plot_w, plot_h = width - left - right, height - bottom - top
 
     def at(x: float, y: float) -> tuple[int, int]:
         return int(left + plot_w * x / x_max), int(height - bottom - plot_h * y / y_max)
 
-    cv2.line(img, (left, height - bottom), (width - right, height - bottom), (0, 0, 0), 1)
-    cv2.line(img, (left, top), (left, height - bottom), (0, 0, 0), 1)
-    for frac in (0.25, 0.5, 0.75, 1.0):
-        y = int(height - bottom - frac * plot_h)
-        cv2.putText(img, f"{frac * y_max:.0f}", (5, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
-        cv2.line(img, (left - 3, y), (width - right, y), (220, 220, 220), 1)
     for frac in (0.0, 0.5, 1.0):
         x, _ = at(frac * x_max, 0)
         cv2.putText(img, f"{frac * x_max:.0f}", (x - 10, height - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (80, 80, 80), 1, cv2.LINE_AA)
-    cv2.putText(img, unit, (5, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
     cv2.putText(img, x_label, (width // 2 - 20, height - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
                 cv2.LINE_AA)
     if mark_x is not None:
@@ -431,17 +439,9 @@ def bar_chart(title: str, labels: Sequence[str], series: dict[str, Sequence[floa
     """A grouped bar chart as a BGR image (OpenCV only: no plotting library needed)."""
     colors = [(200, 120, 40), (60, 60, 220), (60, 170, 60), (0, 160, 230)]
     width, height, left, bottom, top = max(480, 120 * len(labels) + 120), 360, 70, 60, 50
-    img = np.full((height, width, 3), 255, np.uint8)
-    cv2.putText(img, title, (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     peak = max((v for vs in series.values() for v in vs if v is not None), default=1.0) or 1.0
+    img = _chart_canvas(title, unit, width, height, left, 10, bottom, top, peak, (0.5, 1.0))
     plot_h = height - bottom - top
-    cv2.line(img, (left, height - bottom), (width - 10, height - bottom), (0, 0, 0), 1)
-    cv2.line(img, (left, top), (left, height - bottom), (0, 0, 0), 1)
-    for frac in (0.5, 1.0):
-        y = int(height - bottom - frac * plot_h)
-        cv2.putText(img, f"{frac * peak:.0f}", (5, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
-        cv2.line(img, (left - 3, y), (width - 10, y), (220, 220, 220), 1)
-    cv2.putText(img, unit, (5, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
     group = (width - left - 20) / max(1, len(labels))
     bar_w = max(4, int(group * 0.8 / max(1, len(series))))
     for i, label in enumerate(labels):
