@@ -108,6 +108,63 @@ def test_the_onnxruntime_encoding_holds_exactly_the_same_values(quantized):
         onnxruntime_encoding(model)
 
 
+def _rectifier_graph(op: str, high: float, scale: float) -> onnx.ModelProto:
+    """x -> Q/DQ (scale 0.05) -> op (Relu, or Clip(0, high)) -> Q/DQ (``scale``) -> y, all INT8 with
+    zero points 0, as ``sccan quantize`` writes around a backbone's rectifiers."""
+    zp = numpy_helper.from_array(np.array(0, np.int8), "zp")
+    inits = [zp, numpy_helper.from_array(np.array(0.05, np.float32), "s_in"),
+             numpy_helper.from_array(np.array(scale, np.float32), "s_out"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "low"),
+             numpy_helper.from_array(np.array(high, np.float32), "high")]
+    rectifier = (helper.make_node("Clip", ["xd", "low", "high"], ["r"], name="rect") if op == "Clip"
+                 else helper.make_node("Relu", ["xd"], ["r"], name="rect"))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s_in", "zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s_in", "zp"], ["xd"]), rectifier,
+             helper.make_node("QuantizeLinear", ["r", "s_out", "zp"], ["rq"]),
+             helper.make_node("DequantizeLinear", ["rq", "s_out", "zp"], ["y"])]
+    graph = helper.make_graph(nodes, "rect", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_rectifiers_become_table_lookups_only_where_the_values_stay_the_same(tmp_path):
+    """Relu, and Clip(0, hi) where the INT8 quantize after it saturates at or below hi, become
+    LeakyRelu(0), which ONNX Runtime fuses into a table lookup (QLinearLeakyRelu); every one of
+    the 256 input codes gives the graph of record's output. A Clip whose bound binds stays, and
+    forcing it into a LeakyRelu would change outputs (what the condition guards against)."""
+    from sccan.export.quantize import _lookup_rectifiers
+    from sccan.sdk.patch_align_op import session_options
+
+    x = {"x": (np.arange(-128, 128, dtype=np.float32) * 0.05)}
+
+    def run(model: onnx.ModelProto, name: str, optimized: bool = False) -> tuple[np.ndarray, list[str]]:
+        options = session_options(1)
+        options.optimized_model_filepath = str(tmp_path / f"{name}.opt.onnx")
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+        return session.run(None, x)[0], ops
+
+    for op, high, scale, rewritten in [("Relu", 0.0, 0.04, True), ("Clip", 6.0, 6.0 / 127, True),
+                                       ("Clip", 6.0, 0.025, True), ("Clip", 2.0, 0.04, False)]:
+        record = _rectifier_graph(op, high, scale)
+        want, _ = run(record, "record")
+        encoded = onnxruntime_encoding(record)
+        types = [n.op_type for n in encoded.graph.node]
+        assert ("LeakyRelu" in types) is rewritten and (op in types) is not rewritten, (op, high, scale)
+        got, ops = run(encoded, f"{op}{high}{scale}")
+        np.testing.assert_array_equal(got, want)  # all 256 codes, including the saturated ones
+        if rewritten:
+            assert "QLinearLeakyRelu" in ops and op not in ops  # the lookup ONNX Runtime runs
+    binding = _rectifier_graph("Clip", 2.0, 0.04)  # saturates at 5.08: the bound at 2 matters
+    forced = onnx.ModelProto.FromString(binding.SerializeToString())
+    clip = next(n for n in forced.graph.node if n.op_type == "Clip")
+    del clip.input[1:]
+    clip.op_type = "LeakyRelu"
+    clip.attribute.append(helper.make_attribute("alpha", 0.0))
+    assert not np.array_equal(run(forced, "forced")[0], run(binding, "binding")[0])
+    assert _lookup_rectifiers(onnx.ModelProto.FromString(binding.SerializeToString()).graph) == []
+
+
 def _prior_product_operand_types(path: Path, tmp_path: Path, int8_allowed: bool) -> list[tuple[str, int, int]]:
     """(op, first operand's element type, second's) of the products that read the support keys, in
     the graph ONNX Runtime actually runs (its optimised graph, saved)."""

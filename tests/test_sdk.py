@@ -419,3 +419,46 @@ def test_class_changes_give_freed_memory_back(exported, seg, monkeypatch, tmp_pa
     seg.remove_class("a")
     seg.load_support(path)
     assert len(calls) == 4
+
+
+# -- threads: a frame's sessions do not keep spinning after their runs ---------------------------------
+
+def _idle_cpu_after_frames(segmenter: Segmenter) -> float:
+    """Median CPU seconds the process uses in 50 ms of sleep right after a frame."""
+    import time
+
+    query = scene(41)[0]
+    segmenter.segment(query)
+    idle = []
+    for _ in range(5):
+        segmenter.segment(query)
+        start = time.process_time()
+        time.sleep(0.05)
+        idle.append(time.process_time() - start)
+    return float(np.median(idle))
+
+
+def test_the_sessions_threads_stop_spinning_when_a_frame_ends(exported, monkeypatch):
+    """ONNX Runtime's intra-op threads spin after a run, waiting for more work, unless the session
+    says otherwise. A frame runs two sessions back to back, so the first one's spinning threads took
+    cores from the second (Lite-0 INT8 frame, 2 cores: 106 ms, 64-81 ms without). After a frame the
+    process must be idle; with spinning planted back on, the same measurement sees the spin."""
+    import sccan.sdk.patch_align_op as patch_align_op
+
+    shot = scene(40)
+    ours = Segmenter(exported[1], backend="onnxruntime", threads=2)
+    ours.add_class("a", [shot[0]], [shot[1]])
+    quiet = _idle_cpu_after_frames(ours)
+    plain = patch_align_op.session_options
+
+    def spinning(threads=None):
+        options = plain(threads)
+        options.add_session_config_entry("session.force_spinning_stop", "0")
+        return options
+
+    monkeypatch.setattr(patch_align_op, "session_options", spinning)
+    planted = Segmenter(exported[1], backend="onnxruntime", threads=2)
+    planted.add_class("a", [shot[0]], [shot[1]])
+    spun = _idle_cpu_after_frames(planted)
+    assert quiet < 0.005, f"{quiet * 1000:.1f} ms of CPU in 50 ms after a frame"
+    assert spun > 0.01, f"the planted spin used only {spun * 1000:.1f} ms of CPU: the measurement cannot tell"
