@@ -731,7 +731,8 @@ def quantize_bundle(bundle_path: str | os.PathLike, calibration: str | os.PathLi
                       "MatMul axis 1), FP32 biases, min-max calibration",
             "quantized_ops": {g: list(ops) if ops else "ONNX Runtime's QDQ set" for g, ops in QUANTIZED_OPS.items()},
             "onnxruntime_encoding": "<graph>.int8.onnxruntime.onnx: the same graph with activations as UINT8 with zero "
-                                    "point 128 (the same values), which ONNX Runtime's x86 U8S8 kernels fuse fully",
+                                    "point 128 and rectifiers between quantized tensors as LeakyRelu(0) table "
+                                    "lookups (the same values), which ONNX Runtime's x86 U8S8 kernels fuse fully",
             "support_encoder": "FP32 (runs once per class)",
             "calibration": {"source": source.describe(), "episodes": len(feeds.samples), "images": len(used),
                             "sha256": calibration_sha, "seed": seed},

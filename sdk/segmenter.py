@@ -40,7 +40,7 @@ from .bundle import PRECISIONS, Bundle, load_bundle
 from .errors import (BadArgumentError, BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError,
                      EmptyMaskError, MissingFileError, SCCANError, UnknownClassError)
 from .images import as_mask, as_rgb, check_color
-from .memory import release_freed_memory
+from .memory import release_freed_memory, reuse_freed_memory
 from .preprocess import frame_probability, normalize, resize_image, resize_label
 from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, first_slots
 
@@ -201,6 +201,10 @@ class Segmenter:
             default FP16 for TensorRT and the CUDA provider, FP32 on a CPU.
         cuda_graph: TensorRT only: capture the per-frame backbone and decoder into CUDA graphs and
             replay them while the requested classes stay the same (fewer launches per frame).
+
+    Making the first Segmenter of a process sets glibc's heap thresholds so that a frame reuses the
+    pages the previous one freed (:func:`sccan.sdk.memory.reuse_freed_memory`; the environment
+    variable ``SCCAN_MALLOC_DEFAULTS=1`` leaves the allocator alone).
     """
 
     #: Class batches kept resident at once (each a few MB at 473 with 8 classes).
@@ -208,6 +212,7 @@ class Segmenter:
 
     def __init__(self, bundle: str | os.PathLike | Bundle, backend: str | Backend = "auto", device: int = 0,
                  threads: int | None = None, precision: str | None = None, cuda_graph: bool = False):
+        reuse_freed_memory()  # once per process: frames reuse the heap pages the last one freed
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = self._make_backend(backend, device, threads, precision, cuda_graph)
         m = self.bundle.manifest

@@ -90,6 +90,40 @@ def test_sdk_matches_the_reference_pipeline_on_non_square_frames(demo, query_siz
         assert np.abs(probability - expected).max() > 20 * TOLERANCE, what
 
 
+def test_the_network_input_equals_the_reference_tensor_bit_for_bit(demo):
+    """The SDK's network input (colour swap, resize, normalisation) equals the reference pipeline's
+    torch tensor exactly, for a contiguous BGR frame, a strided view of one, a float32 frame and a
+    BGRA frame; a frame with its colours swapped does not."""
+    model, seg, episode, size = demo
+    mean_t = torch.tensor(model.mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(model.std, dtype=torch.float32).view(3, 1, 1)
+    bgr = np.ascontiguousarray(cv2.resize(episode.query[..., ::-1], (150, 97), interpolation=cv2.INTER_AREA))
+
+    def reference(frame_bgr: np.ndarray) -> np.ndarray:
+        canvas, _, _ = _reference_canvas(np.asarray(frame_bgr, np.float32)[..., ::-1], size)
+        return ((torch.from_numpy(canvas).permute(2, 0, 1) - mean_t) / std_t).numpy()
+
+    wide = np.zeros((97, 300, 3), np.uint8)
+    wide[:, ::2] = bgr
+    frames = {"uint8": bgr, "strided view": wide[:, ::2], "float32": bgr.astype(np.float32),
+              "BGRA": np.dstack([bgr, np.full(bgr.shape[:2], 255, np.uint8)])}
+    for what, frame in frames.items():
+        got, _ = seg._prepare(frame, "bgr", what)
+        assert got.dtype == np.float32 and got.flags.c_contiguous, what
+        np.testing.assert_array_equal(got, reference(bgr), err_msg=what)
+    swapped, _ = seg._prepare(bgr, "rgb", "swapped")
+    assert np.abs(swapped - reference(bgr)).max() > 0.1
+    # Per-channel statistics (ResNet-50's ImageNet ones; the demo model's are equal across channels).
+    from sccan.sdk.preprocess import normalize
+
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    pixels = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for image in (pixels, pixels.astype(np.float32)):
+        want = ((torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)
+                 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)).numpy()
+        np.testing.assert_array_equal(normalize(image, mean, std), want)
+
+
 @pytest.mark.parametrize("shape, size, expected", [
     ((375, 500), 473, (352, 472)),  # PASCAL's usual frame: 354.75 -> 354 -> 352, 473 -> 472
     ((500, 375), 473, (472, 352)),
