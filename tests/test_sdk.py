@@ -507,3 +507,20 @@ def test_the_sessions_threads_stop_spinning_when_a_frame_ends(exported, monkeypa
     spun = _idle_cpu_after_frames(planted)
     assert quiet < 0.005, f"{quiet * 1000:.1f} ms of CPU in 50 ms after a frame"
     assert spun > 0.01, f"the planted spin used only {spun * 1000:.1f} ms of CPU: the measurement cannot tell"
+
+
+def test_compare_bundles_times_both_bundles_alternately(exported, tmp_path):
+    """benchmarks/compare_bundles.py (issue 16's Lite-0 against ResNet-50 figure): both bundles
+    registered and timed in one process, each median from its own frames."""
+    import importlib.util
+    import shutil
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_bundles.py"
+    spec = importlib.util.spec_from_file_location("compare_bundles", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    copy = tmp_path / "copy"
+    shutil.copytree(exported[1], copy)
+    medians = module.compare(str(exported[1]), str(copy), None, rounds=2, other_per_round=2, frame_size=(48, 64),
+                             shots=2, threads=1, progress=False)
+    assert set(medians) == {str(exported[1]), str(copy)} and all(m > 0 for m in medians.values())
