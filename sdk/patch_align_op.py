@@ -100,8 +100,8 @@ def session_options(threads: int | None = None) -> Any:
     # A session's intra-op threads spin for a while after each run, waiting for more work. A frame
     # runs two sessions back to back (backbone, decoder), so on a host with as many cores as
     # threads the first one's spinning threads took cores from the second: the Lite-0 INT8 frame
-    # took 106 ms with spinning after the run, 64-81 ms without it (2-core host, 2 threads). The
-    # threads still spin between the nodes of a run.
+    # took 105-116 ms with spinning after the run, 64-81 ms without it in four runs of five (2-core
+    # host, 2 threads). The threads still spin between the nodes of a run.
     options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
