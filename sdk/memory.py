@@ -10,9 +10,9 @@ INT8 frame on this project's 2-core host. :func:`reuse_freed_memory` sets the mm
 array has been freed, as in every ResNet-50 frame); after that a frame reuses the pages the last
 one freed (0.1-0.2 page faults per frame, 1 ms of kernel time).
 
-glibc's allocator raises its mmap threshold each time a large mmapped block is freed, so once a
-class has been replaced, the multi-megabyte support and batch arrays come from its heap, and the
-pages they leave when freed stay resident. ``malloc_trim(0)`` gives every whole free page of every
+Under those thresholds, and under glibc's own rule (which raises the mmap threshold each time a
+large mmapped block is freed), the multi-megabyte support and batch arrays come from the heap once
+a class has been replaced, and the pages they leave when freed stay resident. ``malloc_trim(0)`` gives every whole free page of every
 arena back: after four EfficientNet-Lite0 classes at 473 are removed, 618 MB stay resident instead
 of 658 (session 9). The Segmenter calls :func:`release_freed_memory` after it drops support arrays;
 nothing happens on other C libraries (musl, macOS, Windows), whose allocators behave otherwise."""
