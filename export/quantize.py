@@ -53,6 +53,7 @@ from sccan.sdk.preprocess import foreground_probability, normalize, resize_image
 from sccan.sdk.schema import first_slots
 
 from .exporter import graph_entry
+from .prior_split import PriorSplitError, split_files
 
 #: Operators the sweep ranks (each quantized alone) and may keep in FP32: the arithmetic.
 OP_TYPES = ("Conv", "MatMul", "Gemm")
@@ -733,6 +734,9 @@ def quantize_bundle(bundle_path: str | os.PathLike, calibration: str | os.PathLi
             "onnxruntime_encoding": "<graph>.int8.onnxruntime.onnx: the same graph with activations as UINT8 with zero "
                                     "point 128 and rectifiers between quantized tensors as LeakyRelu(0) table "
                                     "lookups (the same values), which ONNX Runtime's x86 U8S8 kernels fuse fully",
+            "onnxruntime_prior": "<graph>.int8.onnxruntime.prior_{keys,product,rest}.onnx: the decoder's encoding cut "
+                                 "around the prior's product, so that the SDK holds each class's INT8 keys as a "
+                                 "constant of a session of their own (packed once; sccan.sdk.prior_product)",
             "support_encoder": "FP32 (runs once per class)",
             "calibration": {"source": source.describe(), "episodes": len(feeds.samples), "images": len(used),
                             "sha256": calibration_sha, "seed": seed},
@@ -768,6 +772,7 @@ def _commit(bundle: Bundle, manifest: dict[str, Any], work: Path, written: dict[
             record: dict[str, Any]) -> None:
     """TensorRT check, then the INT8 graphs renamed into the bundle and the manifest rewritten."""
     problems, entries = [], {}
+    split_paths: list[Path] = []
     for graph in GRAPHS:
         if graph in written:
             model = onnx.load(str(written[graph]))
@@ -775,6 +780,15 @@ def _commit(bundle: Bundle, manifest: dict[str, Any], work: Path, written: dict[
             kept = swept["mask_products_fp32"] + swept["kept_fp32"]
             entries[graph] = {**graph_entry(model, graph_file(graph, "int8")), "kept_fp32": kept}
             entries[graph]["onnxruntime_file"] = ort_path(Path(graph_file(graph, "int8"))).name
+            if graph == "query_decoder":
+                try:
+                    parts = split_files(ort_path(written[graph]))
+                except PriorSplitError as exc:
+                    entries[graph]["onnxruntime_prior"] = None
+                    record["onnxruntime_prior"] = f"not split: {exc}"
+                else:
+                    entries[graph]["onnxruntime_prior"] = {role: p.name for role, p in parts.items()}
+                    split_paths += parts.values()
             problems += [f"{graph} (int8, TensorRT {t}): {p}" for t, ps in entries[graph]["tensorrt_problems"].items()
                          for p in ps]
         else:
@@ -782,12 +796,12 @@ def _commit(bundle: Bundle, manifest: dict[str, Any], work: Path, written: dict[
     if problems:
         raise QuantizeError("the INT8 graphs fail the TensorRT check:\n  " + "\n  ".join(problems[:20]))
     old = {manifest["graphs"][g].get("int8", {}).get(k) for g in GRAPHS for k in ("file", "onnxruntime_file")}
+    old |= set((manifest["graphs"]["query_decoder"].get("int8", {}).get("onnxruntime_prior") or {}).values())
     old -= {None} | {manifest["graphs"][g]["fp32"]["file"] for g in GRAPHS}
     new_files = []
-    for graph, path in written.items():
-        for src in (path, ort_path(path)):
-            os.replace(src, bundle.path / src.name)
-            new_files.append(src.name)
+    for src in [p for path in written.values() for p in (path, ort_path(path))] + split_paths:
+        os.replace(src, bundle.path / src.name)
+        new_files.append(src.name)
     for graph in GRAPHS:
         manifest["graphs"][graph]["int8"] = entries[graph]
     manifest.setdefault("precision_plan", {})["int8"] = record

@@ -24,7 +24,9 @@ import numpy as np
 
 from .bundle import GRAPHS, Bundle
 from .errors import BundleMismatchError
-from .patch_align_op import ort_session
+from .patch_align_op import ort_session, session_options
+from .prior_product import FEED as PRIOR_FEED
+from .prior_product import PriorProduct
 
 #: A backend-specific handle to a tensor held where the backend computes.
 Resident = Any
@@ -100,11 +102,20 @@ class OnnxRuntimeBackend:
         self._dtypes = {g: {i.name: np.float16 if i.type == "tensor(float16)" else np.float32
                             for i in s.get_inputs()} for g, s in self.sessions.items()}
         self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
+        # INT8 on the CPU: the prior's product with each class's keys as a constant, packed once
+        # (sccan.sdk.prior_product), where `sccan quantize` wrote the split decoder.
+        split = bundle.manifest["graphs"]["query_decoder"].get(precision, {}).get("onnxruntime_prior")
+        self.prior = None
+        if split and self.device_type == "cpu" and not plugin:
+            self.prior = PriorProduct(bundle.path, split, lambda: session_options(threads),
+                                      lambda source, options: ort.InferenceSession(source, options, providers=providers))
 
     def input_dtype(self, graph: str, name: str) -> np.dtype:
         return np.dtype(self._dtypes[graph][name])
 
     def resident(self, graph: str, arrays: Mapping[str, np.ndarray]) -> dict[str, Resident]:
+        if self.prior is not None and graph == "query_decoder" and "prior_keys" in arrays:
+            return {PRIOR_FEED: self.prior.for_classes(arrays)}  # the split decoder's support batch
         return {k: self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, dtype=self._dtypes[graph][k]),
                                                          self.device_type, self.device_id)
                 for k, v in arrays.items()}
@@ -117,13 +128,21 @@ class OnnxRuntimeBackend:
 
     def run(self, graph: str, feeds: Mapping[str, np.ndarray | Resident], keep: Collection[str] = (),
             outputs: Collection[str] | None = None) -> dict[str, np.ndarray | Resident]:
-        session = self.sessions[graph]
+        products = feeds.get(PRIOR_FEED)
+        if products is not None:  # a support batch that resident() made for the split decoder: arrays out
+            return self.prior.run(products, feeds, lambda session, rest: self._run(session, graph, rest, (),
+                                                                                   outputs))
+        return self._run(self.sessions[graph], graph, feeds, keep, outputs)
+
+    def _run(self, session: Any, graph: str, feeds: Mapping[str, np.ndarray | Resident], keep: Collection[str],
+             outputs: Collection[str] | None) -> dict[str, np.ndarray | Resident]:
         binding = session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, self.ort.OrtValue):
                 binding.bind_ortvalue_input(name, value)
             else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=self._dtypes[graph][name]))
+                binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=self._dtypes[graph].get(name,
+                                                                                                        np.float32)))
         for name in self._outputs[graph]:
             # outputs nobody reads stay on the device (no copy under the CUDA provider)
             where = self.device_type if name in keep or (outputs is not None and name not in outputs) else "cpu"

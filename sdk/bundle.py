@@ -130,6 +130,11 @@ def validate_manifest(manifest: dict[str, Any], where: Path) -> None:
             if spec.get("onnxruntime_file", name) not in files:
                 raise BundleError(f"{where}: the {precision} {graph} graph's ONNX Runtime encoding "
                                   f"{spec['onnxruntime_file']!r} has no hash in 'files'")
+            split = spec.get("onnxruntime_prior")
+            if split is not None and (not isinstance(split, dict)
+                                      or any(split.get(role) not in files for role in ("keys", "product", "rest"))):
+                raise BundleError(f"{where}: the {precision} {graph} graph's split at the prior's product "
+                                  f"{split!r} names files without a hash in 'files'")
     if not isinstance(manifest.get("engines", {}), dict):
         raise BundleError(f"{where}: 'engines' must be an object")
 

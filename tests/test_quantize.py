@@ -198,6 +198,63 @@ def test_the_prior_product_runs_as_uint8_times_int8(quantized, tmp_path):
     assert _prior_product_operand_types(path, tmp_path, False) == [("MatMulIntegerToFloat", u8, u8)]  # planted
 
 
+def test_the_split_decoder_equals_the_whole_one_bit_for_bit(quantized):
+    """On the CPU an INT8 Segmenter runs the decoder split at the prior's product, each class's keys a
+    constant of its own product session: its probabilities equal the whole decoder's bit for bit
+    (two classes of 1 and 2 shots in one batch), and a product session holding the other class's
+    keys changes them (the comparison can fail). A bundle quantized before the split (no
+    ``onnxruntime_prior`` in its manifest) runs the whole decoder."""
+    from conftest import scene
+
+    from sccan.sdk.bundle import Bundle
+    from sccan.sdk.prior_product import FEED, KEYS_CONSTANT
+
+    bundle = load_bundle(quantized)
+    split = bundle.manifest["graphs"]["query_decoder"]["int8"]["onnxruntime_prior"]
+    assert set(split) == {"keys", "product", "rest"} and all(name in bundle.manifest["files"] for name in split.values())
+    product = onnx.load(str(quantized / split["product"]))
+    assert [i.name for i in product.graph.input] == ["high"]
+    assert KEYS_CONSTANT in {i.name for i in product.graph.initializer}  # a constant: packed once
+    manifest = json.loads(json.dumps(bundle.manifest))
+    del manifest["graphs"]["query_decoder"]["int8"]["onnxruntime_prior"]
+    split_seg = Segmenter(quantized, backend="onnxruntime", precision="int8")
+    whole = Segmenter(Bundle(bundle.path, manifest), backend="onnxruntime", precision="int8")
+    assert split_seg.backend.prior is not None and whole.backend.prior is None
+    (a, ma), (b, mb), (c, mc) = scene(3, 90, 120), scene(4, 90, 120), scene(5, 90, 120)
+    for seg in (split_seg, whole):
+        seg.add_class("one", [a], [ma])
+        seg.add_class("two", [b, c], [mb, mc])
+    frame, _ = scene(6, 90, 120)
+    got, want = split_seg.segment(frame), whole.segment(frame)
+    assert FEED in split_seg._resident[("one", "two")]  # the split path ran
+    for name in ("one", "two"):
+        assert np.array_equal(got.probabilities[name], want.probabilities[name]), name
+    products = split_seg._resident[("one", "two")][FEED]
+    products.sessions.reverse()  # planted: each class's product from the other's keys
+    swapped = split_seg.segment(frame)
+    assert not np.array_equal(swapped.probabilities["one"], want.probabilities["one"])
+
+
+def test_the_split_is_refused_where_the_rest_reads_the_query_or_keys(quantized):
+    """The cut needs the rest of the decoder to read the query's high features and the keys only
+    through the product; a graph that reads them elsewhere is refused (and written whole)."""
+    from sccan.export.prior_split import PriorSplitError, split_prior_product
+
+    model = onnx.load(str(quantized / "query_decoder.int8.onnxruntime.onnx"))
+    assert len(split_prior_product(model).rest.graph.node) < len(model.graph.node)
+    model.graph.node.append(helper.make_node("Identity", ["high"], ["high_again"]))
+    model.graph.output.append(helper.make_tensor_value_info("high_again", TensorProto.FLOAT, None))
+    with pytest.raises(PriorSplitError, match="not closed"):
+        split_prior_product(model)
+    broken = json.loads((quantized / MANIFEST).read_text())
+    broken["graphs"]["query_decoder"]["int8"]["onnxruntime_prior"]["rest"] = "missing.onnx"
+    from sccan.sdk.bundle import validate_manifest
+    from sccan.sdk.errors import BundleError
+
+    with pytest.raises(BundleError, match="prior's product"):
+        validate_manifest(broken, quantized / MANIFEST)
+
+
 def test_int8_segmenter_and_its_support_cache(quantized, tmp_path):
     from conftest import scene
 

@@ -1,0 +1,127 @@
+"""The prior's product with the support keys as a constant of its own session (INT8, ONNX Runtime
+on the CPU).
+
+ONNX Runtime's x86 integer matrix multiply packs its second operand into the layout its VNNI
+kernel reads. A constant operand is packed once, when its session is made; an operand fed as a
+graph input is packed on every run, and the first operand with it once per 256 columns. The
+prior's product (query high features, hw x Dh, times the support keys, Dh x S*N) is the decoder's
+largest, and its keys change only when a class is registered. ``sccan quantize`` therefore cuts
+the INT8 decoder's ONNX Runtime encoding into three graphs (``sccan.export.prior_split``):
+
+- ``keys``: ``prior_keys`` -> the product's INT8 second operand, with the decoder's own quantize;
+- ``product``: ``high`` -> the product, its keys a placeholder initializer (:data:`KEYS_CONSTANT`)
+  that each class's session replaces (``SessionOptions.add_initializer``);
+- ``rest``: the rest of the decoder, reading the product as the input :data:`PRODUCT_INPUT`.
+
+The three compute the decoder's values node for node: the logits equal the whole decoder's bit
+for bit (``tests/test_quantize.py``). On the 2-core AVX-512 host the 5-shot product took
+455 to 550 ms this way against 630 to 740 ms with the keys as an input (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+#: the input through which the rest of the decoder reads the prior's product (C x hw x S*N)
+PRODUCT_INPUT = "prior_product"
+#: the product graph's placeholder initializer, replaced by one class's INT8 keys (Dh x S*N)
+KEYS_CONSTANT = "prior_keys_int8"
+#: the graphs' roles and the suffix each file takes after ``<graph>.int8.onnxruntime``
+PARTS = {"keys": "prior_keys", "product": "prior_product", "rest": "prior_rest"}
+#: the key under which a resident support batch carries its :class:`ClassProducts`
+FEED = "#prior_product"
+
+
+class ClassProducts:
+    """A support batch on the split decoder: per class, the product session holding that class's
+    INT8 keys as a constant (packed once, when it is made) and the rest's support inputs."""
+
+    def __init__(self, sessions: list[Any], keys: list[Any], feeds: list[dict[str, Any]]):
+        self.sessions = sessions
+        self._keys = keys  # the sessions read these OrtValues' memory: keep them alive
+        self.feeds = feeds
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+
+_shared_allocator = threading.Lock()
+_registered: list[bool] = []
+
+
+def _register_shared_allocator(ort: Any) -> None:
+    """One arena for every product session of the process (``session.use_env_allocators``): a
+    session's own arena keeps its largest output (the product, 295 MB at 5 shots and 473) for as
+    long as the session lives, one per class; the shared one keeps one."""
+    with _shared_allocator:
+        if not _registered:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, None)
+            _registered.append(True)
+
+
+class PriorProduct:
+    """The keys and rest sessions of a bundle's split decoder, and the per-class product sessions.
+
+    ``make_session(path_or_bytes, options)`` makes an ``InferenceSession`` with the backend's
+    providers; ``options()`` returns fresh session options (the SDK's).
+    """
+
+    def __init__(self, root: Path, files: Mapping[str, str], options: Callable[[], Any],
+                 make_session: Callable[[Any, Any], Any]):
+        import onnxruntime as ort
+
+        self.ort = ort
+        self._options = options
+        self._make = make_session
+        self.keys = make_session(str(root / files["keys"]), options())
+        self.rest = make_session(str(root / files["rest"]), options())
+        self._template = (root / files["product"]).read_bytes()
+        self.rest_inputs = [i.name for i in self.rest.get_inputs()]
+        _register_shared_allocator(ort)
+
+    def for_classes(self, arrays: Mapping[str, np.ndarray]) -> ClassProducts:
+        """A support batch (the decoder's support inputs, C classes each; ``prior_keys`` C x Dh x S x N)."""
+        quantized = self.keys.run(None, {"prior_keys": np.ascontiguousarray(arrays["prior_keys"], np.float32)})[0]
+        sessions, keys, feeds = [], [], []
+        for c in range(quantized.shape[0]):
+            value = self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(quantized[c]))
+            options = self._options()
+            # The template's placeholder is Dh x 1, so ONNX Runtime's static shapes say the product
+            # is hw x 1 and it warns on every run that the real one is wider; the values are right
+            # (tests/test_quantize.py compares them bit for bit).
+            options.log_severity_level = 3
+            options.add_initializer(KEYS_CONSTANT, value)
+            options.add_session_config_entry("session.use_env_allocators", "1")
+            sessions.append(self._make(self._template, options))
+            keys.append(value)
+            feeds.append({k: self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v[c:c + 1], np.float32))
+                          for k, v in arrays.items() if k in self.rest_inputs})
+        return ClassProducts(sessions, keys, feeds)
+
+    def run(self, products: ClassProducts, feeds: Mapping[str, Any],
+            run_rest: Callable[[Any, dict], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The decoder's outputs for the batch: per class, its product from ``feeds["high"]``, then
+        ``run_rest(session, feeds)`` on it; the classes' outputs concatenated (arrays)."""
+        high = feeds["high"]
+        common = {k: v for k, v in feeds.items() if k in self.rest_inputs}
+        outputs = []
+        for session, support in zip(products.sessions, products.feeds):
+            binding = session.io_binding()
+            if isinstance(high, self.ort.OrtValue):
+                binding.bind_ortvalue_input("high", high)
+            else:
+                binding.bind_cpu_input("high", np.ascontiguousarray(high, np.float32))
+            binding.bind_output(PRODUCT_INPUT, "cpu")
+            session.run_with_iobinding(binding)
+            outputs.append(run_rest(self.rest, {**common, **support, PRODUCT_INPUT: binding.get_outputs()[0]}))
+        if len(outputs) == 1:
+            return outputs[0]
+        return {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+
+
+__all__ = ["PriorProduct", "ClassProducts", "PRODUCT_INPUT", "KEYS_CONSTANT", "PARTS", "FEED"]
