@@ -38,8 +38,8 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output}
 
 
-def _find_product(graph: onnx.GraphProto) -> tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto]:
-    """The prior's MatMul, the dequantize of its keys operand and the quantize before that."""
+def _find_product(graph: onnx.GraphProto) -> tuple[onnx.NodeProto, onnx.NodeProto]:
+    """The prior's MatMul and the quantize of its keys operand (the dequantize's input)."""
     made_by = _producers(graph)
 
     def reaches(name: str, target: str, depth: int = 6) -> bool:
@@ -57,10 +57,18 @@ def _find_product(graph: onnx.GraphProto) -> tuple[onnx.NodeProto, onnx.NodeProt
             continue
         q = made_by.get(dq.input[0])
         if q is not None and q.op_type == "QuantizeLinear" and reaches(q.input[0], "prior_keys"):
-            found.append((node, dq, q))
+            found.append((node, q))
     if len(found) != 1:
         raise PriorSplitError(f"expected one quantized product with the prior's keys, found {len(found)}")
     return found[0]
+
+
+def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every node that reads ``old`` reads ``new`` instead."""
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name == old:
+                node.input[k] = new
 
 
 def _checked(model: onnx.ModelProto, what: str, inputs: list[str]) -> onnx.ModelProto:
@@ -84,26 +92,24 @@ def split_prior_product(model: onnx.ModelProto) -> PriorSplit:
             rest of the decoder reads the query's high features or the keys other than through it.
     """
     graph = model.graph
-    product, _, keys_q = _find_product(graph)
-    inputs = [i.name for i in graph.input]
+    product, keys_q = _find_product(graph)
+    inputs = {i.name: i for i in graph.input}
     outputs = [o.name for o in graph.output]
     if "high" not in inputs or "prior_keys" not in inputs:
         raise PriorSplitError("the decoder has no 'high' or 'prior_keys' input")
-    inferred = onnx.shape_inference.infer_shapes(model)
-    extractor = Extractor(inferred)
+    dh = inputs["prior_keys"].type.tensor_type.shape.dim[1]
+    if not dh.HasField("dim_value"):
+        raise PriorSplitError("the decoder's input prior_keys has no static dimension 1")
+    extractor = Extractor(onnx.shape_inference.infer_shapes(model))
 
-    keys = _keys_graph(model, keys_q)
+    keys = _keys_graph(model, keys_q, dh.dim_value)
 
     head = extractor.extract_model(["high", keys_q.output[0]], [product.output[0]])
     head = _checked(head, "product", ["high", keys_q.output[0]])
     head_graph = head.graph
-    for node in head_graph.node:
-        for k, name in enumerate(node.input):
-            if name == keys_q.output[0]:
-                node.input[k] = KEYS_CONSTANT
-    dh = _static_dim(inferred, "prior_keys", 1)
+    _rename_input(head_graph, keys_q.output[0], KEYS_CONSTANT)
     del head_graph.input[1:]
-    head_graph.initializer.append(numpy_helper.from_array(np.zeros((dh, 1), np.int8), KEYS_CONSTANT))
+    head_graph.initializer.append(numpy_helper.from_array(np.zeros((dh.dim_value, 1), np.int8), KEYS_CONSTANT))
     head_graph.output[0].name = PRODUCT_INPUT
     for node in head_graph.node:
         if node.output[0] == product.output[0]:
@@ -118,10 +124,7 @@ def split_prior_product(model: onnx.ModelProto) -> PriorSplit:
     rest = extractor.extract_model(rest_inputs, outputs)
     rest = _checked(rest, "rest", rest_inputs)
     rest_graph = rest.graph
-    for node in rest_graph.node:
-        for k, name in enumerate(node.input):
-            if name == product.output[0]:
-                node.input[k] = PRODUCT_INPUT
+    _rename_input(rest_graph, product.output[0], PRODUCT_INPUT)
     rest_graph.input[-1].name = PRODUCT_INPUT
     shape = rest_graph.input[-1].type.tensor_type.shape
     del shape.dim[:]
@@ -135,7 +138,7 @@ def split_prior_product(model: onnx.ModelProto) -> PriorSplit:
     return PriorSplit(keys, head, rest)
 
 
-def _keys_graph(model: onnx.ModelProto, keys_q: onnx.NodeProto) -> onnx.ModelProto:
+def _keys_graph(model: onnx.ModelProto, keys_q: onnx.NodeProto, dh: int) -> onnx.ModelProto:
     """prior_keys (C x Dh x S x N) -> C x Dh x S*N INT8: a reshape (the decoder's own reads its
     shape from other inputs) and the decoder's quantize node with its scale and zero point."""
     inits = {i.name: i for i in model.graph.initializer}
@@ -146,23 +149,10 @@ def _keys_graph(model: onnx.ModelProto, keys_q: onnx.NodeProto) -> onnx.ModelPro
     nodes = [helper.make_node("Reshape", ["prior_keys", shape.name], ["prior_keys_flat"]),
              helper.make_node("QuantizeLinear", ["prior_keys_flat", *keys_q.input[1:]], [keys_q.output[0]])]
     source = next(i for i in model.graph.input if i.name == "prior_keys")
-    dh = source.type.tensor_type.shape.dim[1]
-    out = helper.make_tensor_value_info(keys_q.output[0], onnx.TensorProto.INT8,
-                                        ["classes", dh.dim_value or dh.dim_param, "slot_positions"])
+    out = helper.make_tensor_value_info(keys_q.output[0], onnx.TensorProto.INT8, ["classes", dh, "slot_positions"])
     graph = helper.make_graph(nodes, "prior_keys_int8", [source], [out], initializer=[shape, *constants])
     keys = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     return _checked(keys, "keys", ["prior_keys"])
-
-
-def _static_dim(model: onnx.ModelProto, name: str, axis: int) -> int:
-    for value in model.graph.input:
-        if value.name == name:
-            dim = value.type.tensor_type.shape.dim[axis]
-            if dim.HasField("dim_value"):
-                return dim.dim_value
-    raise PriorSplitError(f"the decoder's input {name} has no static dimension {axis}")
-
-
 
 
 def split_files(encoding: Path) -> dict[str, Path]:

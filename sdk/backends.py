@@ -141,8 +141,7 @@ class OnnxRuntimeBackend:
             if isinstance(value, self.ort.OrtValue):
                 binding.bind_ortvalue_input(name, value)
             else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=self._dtypes[graph].get(name,
-                                                                                                        np.float32)))
+                binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=self._dtypes[graph][name]))
         for name in self._outputs[graph]:
             # outputs nobody reads stay on the device (no copy under the CUDA provider)
             where = self.device_type if name in keep or (outputs is not None and name not in outputs) else "cpu"

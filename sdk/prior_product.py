@@ -20,7 +20,7 @@ for bit (``tests/test_quantize.py``). On the 2-core AVX-512 host the 5-shot prod
 
 from __future__ import annotations
 
-import threading
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -49,22 +49,18 @@ class ClassProducts:
         return len(self.sessions)
 
 
-_shared_allocator = threading.Lock()
-_registered: list[bool] = []
-
-
-def _register_shared_allocator(ort: Any) -> None:
+@lru_cache(maxsize=1)
+def _register_shared_allocator() -> None:
     """One arena for every product session of the process (``session.use_env_allocators``): a
     session's own arena keeps its largest output (the product, 295 MB at 5 shots and 473) for as
     long as the session lives, one per class; the shared one keeps one."""
-    with _shared_allocator:
-        if not _registered:
-            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-            try:
-                ort.create_and_register_allocator(info, None)
-            except Exception:  # noqa: BLE001 - refused: the sessions use the registered one or their own arenas
-                pass
-            _registered.append(True)
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    try:
+        ort.create_and_register_allocator(info, None)
+    except Exception:  # noqa: BLE001 - refused: the sessions use the registered one or their own arenas
+        pass
 
 
 class PriorProduct:
@@ -85,7 +81,7 @@ class PriorProduct:
         self.rest = make_session(str(root / files["rest"]), options())
         self._template = (root / files["product"]).read_bytes()
         self.rest_inputs = [i.name for i in self.rest.get_inputs()]
-        _register_shared_allocator(ort)
+        _register_shared_allocator()
 
     def for_classes(self, arrays: Mapping[str, np.ndarray]) -> ClassProducts:
         """A support batch (the decoder's support inputs, C classes each; ``prior_keys`` C x Dh x S x N)."""
