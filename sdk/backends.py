@@ -27,6 +27,7 @@ from .errors import BundleMismatchError
 from .patch_align_op import ort_session, session_options
 from .prior_product import FEED as PRIOR_FEED
 from .prior_product import PriorProduct
+from .schema import stack_classes
 
 #: A backend-specific handle to a tensor held where the backend computes.
 Resident = Any
@@ -50,6 +51,12 @@ class Backend(Protocol):
     def resident(self, graph: str, arrays: Mapping[str, np.ndarray]) -> dict[str, Resident]:
         """Copy inputs of ``graph`` to where the backend computes, once, as handles for :meth:`run`."""
         ...
+
+    # Optional: ``resident_classes(graph, parts)`` (None or absent where not had), the support
+    # inputs of a batch given class by class (1 x ... each: the Segmenter's cached arrays, not
+    # copies). A backend that has it gets the classes apart (the split INT8 decoder keeps one
+    # session per class), and the Segmenter keeps its batches that a new registration leaves
+    # right; the others get ``resident(graph, schema.stack_classes(parts))``.
 
     def exclusive(self) -> ContextManager[Any]:
         """Held across runs whose kept outputs feed later runs (one frame)."""
@@ -109,13 +116,18 @@ class OnnxRuntimeBackend:
         if split and self.device_type == "cpu" and not plugin:
             self.prior = PriorProduct(bundle.path, split, lambda: session_options(threads),
                                       lambda source, options: ort.InferenceSession(source, options, providers=providers))
+        # Backend's optional capability: a batch's classes apart, where the split decoder runs.
+        self.resident_classes = self._split_classes if self.prior is not None else None
 
     def input_dtype(self, graph: str, name: str) -> np.dtype:
         return np.dtype(self._dtypes[graph][name])
 
+    def _split_classes(self, graph: str, parts: list[Mapping[str, np.ndarray]]) -> dict[str, Resident]:
+        if graph == "query_decoder":
+            return {PRIOR_FEED: self.prior.for_classes(parts)}  # the split decoder's support batch
+        return self.resident(graph, stack_classes(parts))
+
     def resident(self, graph: str, arrays: Mapping[str, np.ndarray]) -> dict[str, Resident]:
-        if self.prior is not None and graph == "query_decoder" and "prior_keys" in arrays:
-            return {PRIOR_FEED: self.prior.for_classes(arrays)}  # the split decoder's support batch
         return {k: self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, dtype=self._dtypes[graph][k]),
                                                          self.device_type, self.device_id)
                 for k, v in arrays.items()}

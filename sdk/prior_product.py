@@ -16,15 +16,25 @@ the INT8 decoder's ONNX Runtime encoding into three graphs (``sccan.export.prior
 The three compute the decoder's values node for node: the logits equal the whole decoder's bit
 for bit (``tests/test_quantize.py``). On the 2-core AVX-512 host the 5-shot product took
 455 to 557 ms this way against 630 to 740 ms with the keys as an input (BENCHMARKS.md).
+
+The Segmenter hands the backend a batch's classes apart (``resident_classes``). Each class runs
+cut to its own shots, and its product session (0.16 s to make at 5 shots for ResNet-50) is found
+again by its INT8 keys' sha256 for as long as some resident batch holds it, so registering one
+more class makes one more session, not one per class of the new batch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import weakref
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from .schema import cut_to_shots
 
 #: the input through which the rest of the decoder reads the prior's product (C x hw x S*N)
 PRODUCT_INPUT = "prior_product"
@@ -36,17 +46,29 @@ PARTS = {"keys": "prior_keys", "product": "prior_product", "rest": "prior_rest"}
 FEED = "#prior_product"
 
 
-class ClassProducts:
-    """A support batch on the split decoder: per class, the product session holding that class's
-    INT8 keys as a constant (packed once, when it is made) and the rest's support inputs."""
+class ClassProduct:
+    """One class's product session: its INT8 keys a constant of the session (packed once, when it
+    is made). Shared by every support batch that holds the same keys."""
 
-    def __init__(self, sessions: list[Any], keys: list[Any], feeds: list[dict[str, Any]]):
-        self.sessions = sessions
-        self._keys = keys  # the sessions read these OrtValues' memory: keep them alive
+    def __init__(self, session: Any, keys: Any):
+        self.session = session
+        self._keys = keys  # the session reads this OrtValue's memory: keep it alive
+
+
+class ClassProducts:
+    """A support batch on the split decoder: per class, its :class:`ClassProduct` and the rest's
+    support inputs."""
+
+    def __init__(self, products: list[ClassProduct], feeds: list[dict[str, Any]]):
+        self.products = products
         self.feeds = feeds
 
+    @property
+    def sessions(self) -> list[Any]:
+        return [p.session for p in self.products]
+
     def __len__(self) -> int:
-        return len(self.sessions)
+        return len(self.products)
 
 
 @lru_cache(maxsize=1)
@@ -81,26 +103,43 @@ class PriorProduct:
         self.rest = make_session(str(root / files["rest"]), options())
         self._template = (root / files["product"]).read_bytes()
         self.rest_inputs = [i.name for i in self.rest.get_inputs()]
+        # Product sessions by their keys' digest, for as long as a support batch holds them.
+        self._made: weakref.WeakValueDictionary[tuple, ClassProduct] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
         _register_shared_allocator()
 
-    def for_classes(self, arrays: Mapping[str, np.ndarray]) -> ClassProducts:
-        """A support batch (the decoder's support inputs, C classes each; ``prior_keys`` C x Dh x S x N)."""
-        quantized = self.keys.run(None, {"prior_keys": np.ascontiguousarray(arrays["prior_keys"], np.float32)})[0]
-        sessions, keys, feeds = [], [], []
-        for c in range(quantized.shape[0]):
-            value = self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(quantized[c]))
-            options = self._options()
-            # The template's placeholder is Dh x 1, so ONNX Runtime's static shapes say the product
-            # is hw x 1 and it warns on every run that the real one is wider; the values are right
-            # (tests/test_quantize.py compares them bit for bit).
-            options.log_severity_level = 3
-            options.add_initializer(KEYS_CONSTANT, value)
-            options.add_session_config_entry("session.use_env_allocators", "1")
-            sessions.append(self._make(self._template, options))
-            keys.append(value)
-            feeds.append({k: self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v[c:c + 1], np.float32))
-                          for k, v in arrays.items() if k in self.rest_inputs})
-        return ClassProducts(sessions, keys, feeds)
+    def for_classes(self, parts: list[Mapping[str, np.ndarray]]) -> ClassProducts:
+        """A support batch from its classes' support inputs (1 x ... each; ``prior_keys`` 1 x Dh x S x N).
+
+        Each class is cut to its own shots: the rest runs class by class, so no class pays for
+        another's (a padding slot would only add exact zeros to the prior). A class whose INT8 keys
+        an earlier batch still holds reuses that batch's product session (found by the keys'
+        sha256): registering one more class makes one more session."""
+        products, feeds = [], []
+        for part in parts:
+            part = {k: np.ascontiguousarray(v, np.float32) for k, v in cut_to_shots(part).items()}
+            keys = np.ascontiguousarray(self.keys.run(None, {"prior_keys": part["prior_keys"]})[0][0])
+            digest = (keys.shape, keys.dtype.str, hashlib.sha256(memoryview(keys).cast("B")).digest())
+            with self._lock:
+                product = self._made.get(digest)
+                if product is None:
+                    product = self._make_product(keys)
+                    self._made[digest] = product
+            products.append(product)
+            feeds.append({k: self.ort.OrtValue.ortvalue_from_numpy(v) for k, v in part.items() if k in self.rest_inputs})
+        return ClassProducts(products, feeds)
+
+    def _make_product(self, keys: np.ndarray) -> ClassProduct:
+        """A product session with ``keys`` (Dh x S*N, INT8) in place of the template's placeholder."""
+        value = self.ort.OrtValue.ortvalue_from_numpy(keys)
+        options = self._options()
+        # The template's placeholder is Dh x 1, so ONNX Runtime's static shapes say the product
+        # is hw x 1 and it warns on every run that the real one is wider; the values are right
+        # (tests/test_quantize.py compares them bit for bit).
+        options.log_severity_level = 3
+        options.add_initializer(KEYS_CONSTANT, value)
+        options.add_session_config_entry("session.use_env_allocators", "1")
+        return ClassProduct(self._make(self._template, options), value)
 
     def run(self, products: ClassProducts, feeds: Mapping[str, Any],
             run_rest: Callable[[Any, dict], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -123,4 +162,4 @@ class PriorProduct:
         return {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
 
 
-__all__ = ["PriorProduct", "ClassProducts", "PRODUCT_INPUT", "KEYS_CONSTANT", "PARTS", "FEED"]
+__all__ = ["PriorProduct", "ClassProduct", "ClassProducts", "PRODUCT_INPUT", "KEYS_CONSTANT", "PARTS", "FEED"]

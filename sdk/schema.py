@@ -61,6 +61,26 @@ def first_slots(name: str, array: Any, slots: int) -> Any:
     return array[tuple(index)]
 
 
+def real_shots(part: Mapping[str, np.ndarray]) -> int:
+    """The shot slots one class's support tensors (1 x ... each) use: up to its last real shot."""
+    valid = np.flatnonzero(np.asarray(part["shot_valid"]).reshape(-1))
+    return int(valid[-1]) + 1 if valid.size else int(np.asarray(part["shot_valid"]).size)
+
+
+def cut_to_shots(part: Mapping[str, np.ndarray], slots: int | None = None) -> dict[str, np.ndarray]:
+    """One class's support tensors cut to ``slots`` shot slots (default: its own, :func:`real_shots`)."""
+    slots = real_shots(part) if slots is None else slots
+    return {k: first_slots(k, v, slots) for k, v in part.items()}
+
+
+def stack_classes(parts: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Classes' support tensors (1 x ... each) as one batch (C x ...), cut to the most shots any of
+    them has: padding slots only cost time (the prior is computed per slot, and a padding slot adds
+    exact zeros)."""
+    slots = max(real_shots(part) for part in parts)
+    return {k: np.concatenate([first_slots(k, part[k], slots) for part in parts]) for k in parts[0]}
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, shape and dtype of one tensor; the first dimension may be symbolic (a string)."""

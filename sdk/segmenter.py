@@ -42,7 +42,7 @@ from .errors import (BadArgumentError, BadImageError, BadMaskError, BundleMismat
 from .images import as_mask, as_rgb, check_color
 from .memory import release_freed_memory, reuse_freed_memory
 from .preprocess import frame_probability, normalize, resize_image, resize_label
-from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, first_slots
+from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, stack_classes
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
@@ -207,7 +207,8 @@ class Segmenter:
     variable ``SCCAN_MALLOC_DEFAULTS=1`` leaves the allocator alone).
     """
 
-    #: Class batches kept resident at once (each a few MB at 473 with 8 classes).
+    #: Class batches kept resident at once. A batch copies its classes' arrays (ResNet-50 at 473:
+    #: 73 MB per class and 32 MB per shot slot), except where the backend takes the classes apart.
     RESIDENT_BATCHES = 4
 
     def __init__(self, bundle: str | os.PathLike | Bundle, backend: str | Backend = "auto", device: int = 0,
@@ -321,7 +322,7 @@ class Segmenter:
         with self._lock:
             self._cache[name] = support
             self._shots[name] = len(images)
-            self._resident.clear()
+            self._forget_batches({name})
         release_freed_memory()
 
     def support_features(self, name: str) -> dict[str, np.ndarray]:
@@ -338,7 +339,7 @@ class Segmenter:
                 raise UnknownClassError(f"no class {name!r}; registered: {list(self._cache)}")
             del self._cache[name]
             del self._shots[name]
-            self._resident.clear()
+            self._forget_batches({name})
         release_freed_memory()
 
     def save_support(self, path: str | os.PathLike, classes: Sequence[str] | None = None) -> Path:
@@ -421,22 +422,33 @@ class Segmenter:
             for name in meta["classes"]:
                 self._cache[name] = loaded[name]
                 self._shots[name] = meta["shots"][name]
-            self._resident.clear()
+            self._forget_batches(set(meta["classes"]))
         release_freed_memory()
         return list(meta["classes"])
 
     # -- segmentation ------------------------------------------------------------------------------
 
+    def _forget_batches(self, names: set[str]) -> None:
+        """Drop the resident batches that hold any of ``names`` (call under the lock).
+
+        Where the backend takes a batch's classes apart (``resident_classes``), the other batches
+        stay: they are still right, they hold no copies of the arrays, and a new batch reuses
+        their per-class parts (the split decoder's product sessions). Elsewhere a batch is a copy
+        of its classes' arrays that the next frame is unlikely to ask for again, and all go."""
+        if getattr(self.backend, "resident_classes", None) is None:
+            self._resident.clear()
+            return
+        for key in [key for key in self._resident if names.intersection(key)]:
+            del self._resident[key]
+
     def _support_batch(self, names: tuple[str, ...]) -> dict:
         """The decoder's support inputs for classes ``names``, resident, built once (call under the lock)."""
         batch = self._resident.pop(names, None)
         if batch is None:
-            part = [self._cache[n] for n in names]
-            # Padding shot slots only cost time (the prior is computed per slot): cut them to the
-            # most shots any class in this batch has.
-            slots = max(self._shots[n] for n in names)
-            arrays = {k: np.concatenate([first_slots(k, c[k], slots) for c in part]) for k in part[0]}
-            batch = self.backend.resident("query_decoder", arrays)
+            parts = [self._cache[n] for n in names]
+            per_class = getattr(self.backend, "resident_classes", None)  # optional (Backend's docstring)
+            batch = per_class("query_decoder", parts) if per_class is not None else \
+                self.backend.resident("query_decoder", stack_classes(parts))
             while len(self._resident) >= self.RESIDENT_BATCHES:
                 del self._resident[next(iter(self._resident))]
         self._resident[names] = batch  # most recently used last

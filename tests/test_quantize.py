@@ -201,9 +201,9 @@ def test_the_prior_product_runs_as_uint8_times_int8(quantized, tmp_path):
 def test_the_split_decoder_equals_the_whole_one_bit_for_bit(quantized):
     """On the CPU an INT8 Segmenter runs the decoder split at the prior's product, each class's keys a
     constant of its own product session: its probabilities equal the whole decoder's bit for bit
-    (two classes of 1 and 2 shots in one batch), and a product session holding the other class's
-    keys changes them (the comparison can fail). A bundle quantized before the split (no
-    ``onnxruntime_prior`` in its manifest) runs the whole decoder."""
+    (two classes of 1 and 2 shots in one batch, each cut to its own shots), and a product session
+    holding the other class's keys changes them (the comparison can fail). A bundle quantized
+    before the split (no ``onnxruntime_prior`` in its manifest) runs the whole decoder."""
     from conftest import scene
 
     from sccan.sdk.bundle import Bundle
@@ -230,9 +230,53 @@ def test_the_split_decoder_equals_the_whole_one_bit_for_bit(quantized):
     for name in ("one", "two"):
         assert np.array_equal(got.probabilities[name], want.probabilities[name]), name
     products = split_seg._resident[("one", "two")][FEED]
-    products.sessions.reverse()  # planted: each class's product from the other's keys
+    prior = split_seg.backend.prior
+    other = prior.keys.run(None, {"prior_keys": np.ascontiguousarray(split_seg._cache["two"]["prior_keys"][:, :, :1])})
+    products.products[0] = prior._make_product(np.ascontiguousarray(other[0][0]))  # planted: class two's first keys
     swapped = split_seg.segment(frame)
     assert not np.array_equal(swapped.probabilities["one"], want.probabilities["one"])
+    whole.segment(frame, classes="one")
+    whole.add_class("three", [a], [ma])
+    assert whole._resident == {}  # the whole decoder's batches are copies: a registration drops them all
+
+
+def test_registering_a_class_makes_one_product_session_more(quantized):
+    """The split decoder's product sessions are per class: a frame after one more class is
+    registered reuses the other classes' sessions (each costs 0.16 s to make at 5 shots), a
+    replaced class gets a new one, a session nobody holds is freed, and the probabilities equal a
+    fresh Segmenter's bit for bit."""
+    from conftest import scene
+
+    from sccan.sdk.prior_product import FEED
+
+    seg = Segmenter(quantized, backend="onnxruntime", precision="int8")
+    assert seg.max_classes >= 2
+    (a, ma), (b, mb), (c, mc) = (scene(k, 90, 120) for k in (3, 4, 5))
+    frame, _ = scene(6, 90, 120)
+    seg.add_class("one", [a], [ma])
+    seg.segment(frame)
+    first = seg._resident[("one",)][FEED].products
+    seg.add_class("two", [b, c], [mb, mc])
+    seg.segment(frame)
+    assert ("one",) in seg._resident  # still right: kept
+    second = seg._resident[("one", "two")][FEED].products
+    assert second[0] is first[0] and second[1] not in first
+    seg.add_class("one", [c], [mc])  # replaced: its batches go, and so does its old session
+    assert list(seg._resident) == []
+    got = seg.segment(frame)
+    third = seg._resident[("one", "two")][FEED].products
+    assert third[0] not in second and third[1] is second[1]
+    del first, second
+    assert len(seg.backend.prior._made) == 2  # the old "one" session went with its batches
+    fresh = Segmenter(quantized, backend="onnxruntime", precision="int8")
+    fresh.add_class("one", [c], [mc])
+    fresh.add_class("two", [b, c], [mb, mc])
+    want = fresh.segment(frame)
+    for name in ("one", "two"):
+        assert np.array_equal(got.probabilities[name], want.probabilities[name]), name
+    seg.segment(frame, classes="two")
+    seg.remove_class("one")
+    assert list(seg._resident) == [("two",)]
 
 
 def test_the_split_is_refused_where_the_rest_reads_the_query_or_keys(quantized):
