@@ -76,7 +76,9 @@ def cut_to_shots(part: Mapping[str, np.ndarray], slots: int | None = None) -> di
 def stack_classes(parts: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Classes' support tensors (1 x ... each) as one batch (C x ...), cut to the most shots any of
     them has: padding slots only cost time (the prior is computed per slot, and a padding slot adds
-    exact zeros)."""
+    exact zeros). One class is its own arrays, cut (views: no copy)."""
+    if len(parts) == 1:
+        return cut_to_shots(parts[0])
     slots = max(real_shots(part) for part in parts)
     return {k: np.concatenate([first_slots(k, part[k], slots) for part in parts]) for k in parts[0]}
 

@@ -524,3 +524,26 @@ def test_compare_bundles_times_both_bundles_alternately(exported, tmp_path):
     medians = module.compare(str(exported[1]), str(copy), None, rounds=2, other_per_round=2, frame_size=(48, 64),
                              shots=2, threads=1, progress=False)
     assert set(medians) == {str(exported[1]), str(copy)} and all(m > 0 for m in medians.values())
+
+
+def test_classes_are_stacked_to_the_most_shots_any_has():
+    """A batch of classes is cut to the most real shots any of them has (padding slots only cost
+    time); one class alone is its own arrays, cut, without a copy."""
+    from sccan.sdk.schema import cut_to_shots, real_shots, stack_classes
+
+    def part(shots: int, value: float) -> dict[str, np.ndarray]:
+        valid = np.zeros((1, 5), np.float32)
+        valid[0, :shots] = 1
+        return {"prototype": np.full((1, 4), value, np.float32), "shot_valid": valid,
+                "prior_keys": np.full((1, 3, 5, 2), value, np.float32), "prior_mask": np.full((1, 5, 2), value, np.float32)}
+
+    one, three = part(1, 1.0), part(3, 2.0)
+    assert (real_shots(one), real_shots(three)) == (1, 3)
+    batch = stack_classes([one, three])
+    assert batch["prior_keys"].shape == (2, 3, 3, 2) and batch["prior_mask"].shape == (2, 3, 2)
+    assert batch["shot_valid"].tolist() == [[1, 0, 0], [1, 1, 1]] and batch["prototype"].shape == (2, 4)
+    assert (batch["prior_keys"][1] == 2).all() and (batch["prior_keys"][0] == 1).all()
+    alone = stack_classes([three])
+    assert alone["prior_keys"].shape == (1, 3, 3, 2)
+    assert all(np.shares_memory(alone[k], three[k]) for k in three)
+    assert cut_to_shots(three, 5)["prior_keys"].shape == (1, 3, 5, 2)
