@@ -207,8 +207,8 @@ class Segmenter:
     variable ``SCCAN_MALLOC_DEFAULTS=1`` leaves the allocator alone).
     """
 
-    #: Class batches kept resident at once. A batch copies its classes' arrays (ResNet-50 at 473:
-    #: 73 MB per class and 32 MB per shot slot), except where the backend takes the classes apart.
+    #: Class batches kept resident at once. A batch of several classes copies their arrays (ResNet-50
+    #: at 473: 73 MB per class and 32 MB per shot slot), except where the backend takes them apart.
     RESIDENT_BATCHES = 4
 
     def __init__(self, bundle: str | os.PathLike | Bundle, backend: str | Backend = "auto", device: int = 0,
