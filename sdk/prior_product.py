@@ -63,10 +63,6 @@ class ClassProducts:
         self.products = products
         self.feeds = feeds
 
-    @property
-    def sessions(self) -> list[Any]:
-        return [p.session for p in self.products]
-
     def __len__(self) -> int:
         return len(self.products)
 
@@ -148,7 +144,8 @@ class PriorProduct:
         high = feeds["high"]
         common = {k: v for k, v in feeds.items() if k in self.rest_inputs}
         outputs = []
-        for session, support in zip(products.sessions, products.feeds):
+        for product, support in zip(products.products, products.feeds):
+            session = product.session
             binding = session.io_binding()
             if isinstance(high, self.ort.OrtValue):
                 binding.bind_ortvalue_input("high", high)

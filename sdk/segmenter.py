@@ -42,7 +42,7 @@ from .errors import (BadArgumentError, BadImageError, BadMaskError, BundleMismat
 from .images import as_mask, as_rgb, check_color
 from .memory import release_freed_memory, reuse_freed_memory
 from .preprocess import frame_probability, normalize, resize_image, resize_label
-from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, stack_classes
+from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, real_shots, stack_classes
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
@@ -225,7 +225,6 @@ class Segmenter:
         self.std = tuple(m["normalization"]["std"])
         self.encoder_sha256 = m["files"][Path(self.bundle.graph_path("support_encoder", self.backend.precision)).name]
         self._cache: dict[str, dict[str, np.ndarray]] = {}
-        self._shots: dict[str, int] = {}
         self._resident: dict[tuple[str, ...], dict] = {}
         self._lock = threading.RLock()
 
@@ -270,7 +269,6 @@ class Segmenter:
         twin.backend = self.backend.fork()
         with self._lock:
             twin._cache = dict(self._cache)
-            twin._shots = dict(self._shots)
         twin._resident = {}
         twin._lock = threading.RLock()
         return twin
@@ -321,7 +319,6 @@ class Segmenter:
                                                        "masks": np.stack(labels)[None]})
         with self._lock:
             self._cache[name] = support
-            self._shots[name] = len(images)
             self._forget_batches({name})
         release_freed_memory()
 
@@ -338,7 +335,6 @@ class Segmenter:
             if name not in self._cache:
                 raise UnknownClassError(f"no class {name!r}; registered: {list(self._cache)}")
             del self._cache[name]
-            del self._shots[name]
             self._forget_batches({name})
         release_freed_memory()
 
@@ -360,7 +356,7 @@ class Segmenter:
             arrays = {f"{name}/{k}": v for name in names for k, v in self._cache[name].items()}
             meta = {"format": SUPPORT_FORMAT, "version": SUPPORT_VERSION, "encoder_sha256": self.encoder_sha256,
                     "precision": self.backend.precision, "classes": names,
-                    "shots": {n: self._shots[n] for n in names}, "checksum": _checksum(arrays)}
+                    "shots": {n: real_shots(self._cache[n]) for n in names}, "checksum": _checksum(arrays)}
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -421,7 +417,6 @@ class Segmenter:
         with self._lock:
             for name in meta["classes"]:
                 self._cache[name] = loaded[name]
-                self._shots[name] = meta["shots"][name]
             self._forget_batches(set(meta["classes"]))
         release_freed_memory()
         return list(meta["classes"])
