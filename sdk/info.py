@@ -35,7 +35,10 @@ def _onnxruntime() -> dict[str, Any]:
         import onnxruntime as ort
     except ImportError as exc:
         return {"available": False, "why": str(exc)}
-    return {"available": True, "version": ort.__version__, "providers": ort.get_available_providers()}
+    from .int8_kernels import describe, u8s8_saturates
+
+    return {"available": True, "version": ort.__version__, "providers": ort.get_available_providers(),
+            "u8s8_saturates": u8s8_saturates(), "int8_products": describe()}
 
 
 def cuda_runtime_module():
@@ -206,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"opencv: unavailable ({cv['why']})")
     ort = info["onnxruntime"]
     print(f"onnxruntime providers: {', '.join(ort['providers']) if ort['available'] else ort['why']}")
+    if ort["available"]:
+        print(f"onnxruntime INT8: {ort['int8_products']}")
     for name, state in info["cuda_bindings"].items():
         print(f"cuda binding {name}: {'works' if state['works'] else 'not usable: ' + str(state['why'])}")
     if info["cuda_devices"]:

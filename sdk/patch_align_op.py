@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError
+from .int8_kernels import int8_session_entries
 
 OP_TYPE = "SccanPatchAlign"
 DOMAIN = "sccan"
@@ -84,19 +85,18 @@ def _extensions_library() -> str:
 
 def session_options(threads: int | None = None) -> Any:
     """The ``onnxruntime.SessionOptions`` every session of this project runs with: all graph
-    optimisations, ``threads`` intra-op threads, INT8 activations kept INT8, and threads that stop
-    spinning when a run ends (see below)."""
+    optimisations, ``threads`` intra-op threads, exact INT8 products (:mod:`sccan.sdk.int8_kernels`),
+    and threads that stop spinning when a run ends (see below)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # An INT8 graph's ONNX Runtime encoding stores its activations as UINT8, except the second
-    # operands of products of two activations, which stay INT8 so that the product runs as
-    # UINT8 x INT8 (x86's fast pair). Without this entry ONNX Runtime turns INT8 activations into
-    # UINT8 on x86, and those products run half as fast. No effect on float graphs.
-    options.add_session_config_entry("session.qdqisint8allowed", "1")
+    # INT8 graphs: UINT8 x INT8 products where this CPU computes them exactly, else UINT8 x UINT8
+    # (sccan.sdk.int8_kernels). No effect on float graphs.
+    for key, value in int8_session_entries().items():
+        options.add_session_config_entry(key, value)
     # A session's intra-op threads spin for a while after each run, waiting for more work. A frame
     # runs two sessions back to back (backbone, decoder), so on a host with as many cores as
     # threads the first one's spinning threads took cores from the second: the Lite-0 INT8 frame

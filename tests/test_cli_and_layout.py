@@ -32,6 +32,9 @@ assert "torch" not in sys.modules
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert "CPUExecutionProvider" in info["onnxruntime"]["providers"]
+    from sccan.sdk.int8_kernels import u8s8_saturates
+
+    assert info["onnxruntime"]["u8s8_saturates"] is u8s8_saturates()  # what INT8 sessions are set up for
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:  # CI and these machines: TensorRT cannot be installed

@@ -165,14 +165,11 @@ def test_rectifiers_become_table_lookups_only_where_the_values_stay_the_same(tmp
     assert _lookup_rectifiers(onnx.ModelProto.FromString(binding.SerializeToString()).graph) == []
 
 
-def _prior_product_operand_types(path: Path, tmp_path: Path, int8_allowed: bool) -> list[tuple[str, int, int]]:
+def _prior_product_operand_types(path: Path, tmp_path: Path, options: ort.SessionOptions,
+                                 name: str) -> list[tuple[str, int, int]]:
     """(op, first operand's element type, second's) of the products that read the support keys, in
-    the graph ONNX Runtime actually runs (its optimised graph, saved)."""
-    from sccan.sdk.patch_align_op import session_options
-
-    options = session_options()
-    options.add_session_config_entry("session.qdqisint8allowed", "1" if int8_allowed else "0")
-    options.optimized_model_filepath = str(tmp_path / f"optimized_{int8_allowed}.onnx")
+    the graph ONNX Runtime actually runs with ``options`` (its optimised graph, saved)."""
+    options.optimized_model_filepath = str(tmp_path / f"optimized_{name}.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     model = onnx.shape_inference.infer_shapes(onnx.load(options.optimized_model_filepath))
     types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
@@ -188,14 +185,24 @@ def _prior_product_operand_types(path: Path, tmp_path: Path, int8_allowed: bool)
             and any(reads_keys(i) for i in n.input)]
 
 
-def test_the_prior_product_runs_as_uint8_times_int8(quantized, tmp_path):
+def test_the_prior_product_runs_as_uint8_times_int8_where_that_is_exact(quantized, tmp_path):
     """The prior's cosine product (support keys against the query), the decoder's largest, runs as
-    UINT8 x INT8 in ONNX Runtime: the encoding keeps the keys INT8 and the SDK's session options
-    stop ONNX Runtime from turning them into UINT8 (which is what happens without them)."""
+    UINT8 x INT8 in ONNX Runtime where this CPU computes that exactly (VNNI): the encoding keeps the
+    keys INT8 and the SDK's session options stop ONNX Runtime from turning them into UINT8. Where
+    it saturates (x86 without VNNI), the options let ONNX Runtime make them UINT8 (exact). Each
+    entry is also tried alone, so that a test on either kind of host shows what both do."""
+    from sccan.sdk.int8_kernels import u8s8_saturates
+    from sccan.sdk.patch_align_op import session_options
+
     path = quantized / "query_decoder.int8.onnxruntime.onnx"
     u8, s8 = TensorProto.UINT8, TensorProto.INT8
-    assert _prior_product_operand_types(path, tmp_path, True) == [("MatMulIntegerToFloat", u8, s8)]
-    assert _prior_product_operand_types(path, tmp_path, False) == [("MatMulIntegerToFloat", u8, u8)]  # planted
+    want = ("MatMulIntegerToFloat", u8, u8 if u8s8_saturates() else s8)
+    assert _prior_product_operand_types(path, tmp_path, session_options(), "sdk") == [want]
+    signed, unsigned = ort.SessionOptions(), ort.SessionOptions()
+    signed.add_session_config_entry("session.qdqisint8allowed", "1")
+    unsigned.add_session_config_entry("session.x64quantprecision", "1")
+    assert _prior_product_operand_types(path, tmp_path, signed, "signed") == [("MatMulIntegerToFloat", u8, s8)]
+    assert _prior_product_operand_types(path, tmp_path, unsigned, "unsigned") == [("MatMulIntegerToFloat", u8, u8)]
 
 
 def test_the_split_decoder_equals_the_whole_one_bit_for_bit(quantized):
