@@ -299,7 +299,9 @@ def onnxruntime_encoding(model: onnx.ModelProto) -> onnx.ModelProto:
     The exception: an activation read only as the second operand of a product of two activations
     (the support keys of the prior, the attention's keys and values) stays INT8, so that the
     product is UINT8 x INT8, the pair VNNI multiplies, rather than UINT8 x UINT8 at half the speed.
-    The SDK's sessions keep it INT8 (:func:`sccan.sdk.patch_align_op.session_options`).
+    The SDK's sessions keep it INT8 where this CPU computes UINT8 x INT8 exactly, and let ONNX
+    Runtime make every product UINT8 x UINT8 where it does not (x86 without VNNI:
+    :mod:`sccan.sdk.int8_kernels`).
 
     Rectifiers between a dequantize and quantizes become table lookups (:func:`_lookup_rectifiers`),
     again with the same values."""

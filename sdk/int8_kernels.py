@@ -34,13 +34,13 @@ PROBE_MODEL = base64.b64decode(
 )
 
 
-def probe_u8s8(session_options=None) -> tuple[int, int]:
+def probe_u8s8() -> tuple[int, int]:
     """Run the probe product (every A byte 255, every B byte 127) and return (what ONNX Runtime
     gave for one output, the exact value 255 x 127 x 64 = 2072640). Saturating pairs give 32 x
     32767 = 1048544."""
     import onnxruntime as ort
 
-    options = session_options or ort.SessionOptions()
+    options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(PROBE_MODEL, options, providers=["CPUExecutionProvider"])
     a = np.full((4, 64), 255, np.uint8)
