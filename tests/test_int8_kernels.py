@@ -3,6 +3,7 @@ on this host's own kernels and on the AVX2 kernels (tools/avx2_kernels.py), wher
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -58,7 +59,7 @@ def test_the_probe_agrees_with_an_exact_product_of_random_bytes():
 # every value full-range; its outputs against numpy's exact integer arithmetic, with the SDK's
 # session options and with the options it used before it knew of the clamp (the plant).
 CHILD = r'''
-import sys
+import json
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
@@ -118,8 +119,8 @@ def errors(options):
 sdk = errors(session_options(1))
 old = ort.SessionOptions()
 old.add_session_config_entry("session.qdqisint8allowed", "1")
-print("sdk", sdk)
-print("old", errors(old))
+print("sdk", json.dumps(sdk))
+print("old", json.dumps(errors(old)))
 '''
 
 
@@ -136,7 +137,7 @@ def test_int8_products_stay_exact_on_avx2_kernels(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = dict(line.split(" ", 1) for line in run.stdout.splitlines() if line[:4] in ("sdk ", "old "))
-    sdk, old = (eval(lines[k], {}) for k in ("sdk", "old"))  # dicts of floats printed by the child
+    sdk, old = (json.loads(lines[k]) for k in ("sdk", "old"))
     assert sdk["by_weights"] < 1e-5 and sdk["by_activations"] < 1e-5 and sdk["conv"] <= 1.0 + 1e-3, sdk
     # planted: U8S8 on AVX2 clamps
     assert old["by_weights"] > 1e-2 and old["by_activations"] > 1e-2 and old["conv"] >= 3, old
