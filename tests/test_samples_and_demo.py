@@ -47,13 +47,14 @@ def test_training_learns_to_match_the_support(trained_synthetic):
     print(json.dumps({"trained": trained, "untrained": untrained, "prior_only": prior,
                       "trained_with_wrong_support": wrong_support, "steps": result.steps}))
     assert untrained < 0.3 and prior <= 0.35
-    # The trajectory depends on float rounding, not only on the seed: the same 800 steps reached 0.558
-    # and 0.521 (seeds 123 and 7) with AVX-512 kernels and 0.482 (seed 123) with AVX2 kernels
-    # (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 host). When the prior became one
-    # product of all shots (the same values, summed in another order, closer to float64), seed 123
-    # reached 0.368 and seed 7 0.535 on the AVX-512 host: the fixture trains seed 7. The bar sits 0.04
-    # below the lowest of the other runs; what it guards is learning, which the margins over the prior
-    # and over a wrong support show. One seed is one draw from a wide distribution (0.37 to 0.56 seen).
+    # The trajectory depends on float rounding, not only on the seed, and after the shipped config's
+    # 800 steps it is still climbing steeply (validation mIoU 0.30, 0.39, 0.44 at steps 400-800):
+    # seed 7 reached 0.535 with this host's AVX-512 kernels and 0.435 with AVX2 ones (torch's alone,
+    # ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2, or every library's, tools/avx2_kernels.py),
+    # which failed this bar on AVX2 hosts; seeds 123 and 7 had spanned 0.37 to 0.56 before. So the
+    # fixture trains 5 epochs (1000 steps): seed 7 then reaches 0.570 (AVX-512), 0.548 (AVX2) and
+    # 0.491 (ATEN_CPU_CAPABILITY=default, unvectorised). The bar sits 0.05 below the lowest; what it
+    # guards is learning, which the margins over the prior and over a wrong support show too.
     assert trained >= LEARNING_BAR, f"novel-class mIoU {trained:.3f} < {LEARNING_BAR}"
     assert trained > prior + 0.12, "training must add to what the prior alone gives"
     assert trained > wrong_support + 0.2, "the prediction must depend on the support set"
