@@ -18,7 +18,7 @@ import json
 import sys
 import time
 
-from sccan.export.quantize import DataSource, run_gate
+from sccan.export.quantize import DataSource, calibration_and_gate_parts, run_gate
 from sccan.sdk import Segmenter
 
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     source = DataSource(args.calibration)
-    cal_part, gate_part = ("even", "odd") if source.video else ("all", "all")  # as quantize_bundle splits
+    cal_part, gate_part = calibration_and_gate_parts(source, same=True)
     used = {d for s in source.samples(args.images, args.seed, cal_part) for d in s.digests}
     held_out = list(source.samples(args.gate_episodes, args.seed + 1, gate_part, avoid=used))
     fp32 = Segmenter(args.bundle, backend="onnxruntime", precision="fp32")

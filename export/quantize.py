@@ -665,6 +665,12 @@ class QuantizeResult:
         return "\n".join(lines)
 
 
+def calibration_and_gate_parts(source: DataSource, same: bool) -> tuple[str, str]:
+    """The parts of ``source`` calibration and the gate draw from: a DAVIS folder that serves as
+    both (``same``) is split by sequence, even ones for calibration and odd ones for the gate."""
+    return ("even", "odd") if same and source.video else ("all", "all")
+
+
 def quantize_bundle(bundle_path: str | os.PathLike, calibration: str | os.PathLike, precision: str = "int8",
                     images: int = 32, gate_data: str | os.PathLike | None = None, gate_episodes: int = 40,
                     video_root: str | os.PathLike | None = None, skip_gate: bool = False, sweep_samples: int = 4,
@@ -697,7 +703,7 @@ def quantize_bundle(bundle_path: str | os.PathLike, calibration: str | os.PathLi
     source = DataSource(calibration)
     same = gate_data is None or str(gate_data) == str(calibration)
     gate_source = source if same else DataSource(gate_data)
-    cal_part, gate_part = ("even", "odd") if same and source.video else ("all", "all")
+    cal_part, gate_part = calibration_and_gate_parts(source, same)
     calib = list(source.samples(images, seed, cal_part))
     feeds = Feeds(bundle, calib, progress)
     if len(feeds.decoder) < 1:
