@@ -22,6 +22,8 @@ from onnx.utils import Extractor
 
 from sccan.sdk.prior_product import KEYS_CONSTANT, PARTS, PRODUCT_INPUT
 
+from .onnx_walk import computed_from, producers
+
 
 class PriorSplitError(ValueError):
     """The graph does not have the shape this cut expects (no split is written then)."""
@@ -34,20 +36,9 @@ class PriorSplit:
     rest: onnx.ModelProto
 
 
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in graph.node for o in n.output}
-
-
 def _find_product(graph: onnx.GraphProto) -> tuple[onnx.NodeProto, onnx.NodeProto]:
     """The prior's MatMul and the quantize of its keys operand (the dequantize's input)."""
-    made_by = _producers(graph)
-
-    def reaches(name: str, target: str, depth: int = 6) -> bool:
-        if name == target:
-            return True
-        node = made_by.get(name)
-        return depth > 0 and node is not None and any(reaches(i, target, depth - 1) for i in node.input if i)
-
+    made_by = producers(graph)
     found = []
     for node in graph.node:
         if node.op_type != "MatMul":
@@ -56,7 +47,7 @@ def _find_product(graph: onnx.GraphProto) -> tuple[onnx.NodeProto, onnx.NodeProt
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
         q = made_by.get(dq.input[0])
-        if q is not None and q.op_type == "QuantizeLinear" and reaches(q.input[0], "prior_keys"):
+        if q is not None and q.op_type == "QuantizeLinear" and computed_from(made_by, q.input[0], "prior_keys", 6):
             found.append((node, q))
     if len(found) != 1:
         raise PriorSplitError(f"expected one quantized product with the prior's keys, found {len(found)}")

@@ -53,6 +53,7 @@ from sccan.sdk.preprocess import foreground_probability, normalize, resize_image
 from sccan.sdk.schema import first_slots
 
 from .exporter import graph_entry
+from .onnx_walk import computed_from, producers
 from .prior_split import PriorSplitError, split_files
 
 #: Operators the sweep ranks (each quantized alone) and may keep in FP32: the arithmetic.
@@ -353,7 +354,7 @@ def _lookup_rectifiers(graph: onnx.GraphProto) -> list[str]:
     from onnx import helper, numpy_helper
 
     constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    produced = {o: n for n in graph.node for o in n.output}
+    produced = producers(graph)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -393,14 +394,10 @@ def mask_products(model: onnx.ModelProto) -> list[str]:
     large operand (the 3600 x 5*4096 softmax weights at 5 shots) to a product that reads memory
     once and does little arithmetic (measured 30 ms against 8 in FP32), and 8 bits cannot hold
     weights of about 1/4096 next to the largest ones."""
-    produced = {o: n for n in model.graph.node for o in n.output}
+    made_by = producers(model.graph)
 
-    def from_mask(name: str, depth: int = 8) -> bool:
-        node = produced.get(name)
-        if name == "prior_mask":
-            return True
-        return (node is not None and depth > 0 and node.op_type != "MatMul"
-                and any(from_mask(i, depth - 1) for i in node.input))
+    def from_mask(name: str) -> bool:
+        return computed_from(made_by, name, "prior_mask", 8, through=lambda node: node.op_type != "MatMul")
 
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(from_mask(i) for i in n.input)]
 

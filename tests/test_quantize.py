@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sccan.export.quantize import (MASK_AGREEMENT, MIOU_DROP, QuantizeError, bf16_unavailable, onnxruntime_encoding,
                                    quantize_bundle)
+from sccan.export.onnx_walk import computed_from, producers
 from sccan.export.tensorrt_ops import check_model
 from sccan.sdk import BundleMismatchError, Segmenter, UngatedWarning
 from sccan.sdk.bundle import MANIFEST, load_bundle
@@ -173,12 +174,10 @@ def _prior_product_operand_types(path: Path, tmp_path: Path, options: ort.Sessio
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     model = onnx.shape_inference.infer_shapes(onnx.load(options.optimized_model_filepath))
     types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
-    produced = {o: n for n in model.graph.node for o in n.output}
+    made_by = producers(model.graph)
 
-    def reads_keys(name: str, depth: int = 3) -> bool:
-        node = produced.get(name)
-        return name == "prior_keys" or (node is not None and depth > 0 and any(reads_keys(i, depth - 1)
-                                                                               for i in node.input))
+    def reads_keys(name: str) -> bool:
+        return computed_from(made_by, name, "prior_keys", 3)
 
     return [(n.op_type, types.get(n.input[0]), types.get(n.input[3] if n.op_type == "QLinearMatMul" else n.input[1]))
             for n in model.graph.node if n.op_type in ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger")
