@@ -5,10 +5,11 @@
 
 One class per entry of --shots (that many synthetic examples each) is registered in turn. After
 each registration the script times ``add_class``, the first frame (every registered class, as
-``segment(frame)`` asks by default), then the median of --frames more. The first frame pays for
-building the class batch the decoder reads: on the split INT8 decoder (``sccan quantize``), one
-product session per class it has not seen (``sccan.sdk.prior_product``). ``first - next`` is that
-cost, give or take the machine's noise.
+``segment(frame)`` asks by default), then the median of --frames more. The first frame builds the
+class batch the decoder reads. On the split INT8 decoder (``sccan quantize``) that batch is the
+classes' parts, made by ``add_class`` (each class's product session, ``sccan.sdk.prior_product``),
+so ``first - next`` is only the machine's noise there; elsewhere the batch is a copy of the
+classes' arrays, made by the first frame.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from .errors import BundleMismatchError
 from .patch_align_op import ort_session, session_options
 from .prior_product import FEED as PRIOR_FEED
 from .prior_product import PriorProduct
-from .schema import stack_classes
 
 #: A backend-specific handle to a tensor held where the backend computes.
 Resident = Any
@@ -52,11 +51,13 @@ class Backend(Protocol):
         """Copy inputs of ``graph`` to where the backend computes, once, as handles for :meth:`run`."""
         ...
 
-    # Optional: ``resident_classes(graph, parts)`` (None or absent where not had), the support
-    # inputs of a batch given class by class (1 x ... each: the Segmenter's cached arrays, not
-    # copies). A backend that has it gets the classes apart (the split INT8 decoder keeps one
-    # session per class), and the Segmenter keeps its batches that a new registration leaves
-    # right; the others get ``resident(graph, schema.stack_classes(parts))``.
+    # Optional, as a pair (None or absent where not had): ``class_part(graph, part)``, what the
+    # backend keeps of one class's support inputs (1 x ... each: the Segmenter's cached arrays),
+    # made when the class is registered and kept as long as it is; and
+    # ``resident_classes(graph, class_parts)``, a batch of such parts. A backend that has them gets
+    # the classes apart (the split INT8 decoder keeps one product session per class), and the
+    # Segmenter keeps its batches that a new registration leaves right; the others get
+    # ``resident(graph, schema.stack_classes(parts))`` when a frame first asks for the batch.
 
     def exclusive(self) -> ContextManager[Any]:
         """Held across runs whose kept outputs feed later runs (one frame)."""
@@ -117,15 +118,21 @@ class OnnxRuntimeBackend:
             self.prior = PriorProduct(bundle.path, split, lambda: session_options(threads),
                                       lambda source, options: ort.InferenceSession(source, options, providers=providers))
         # Backend's optional capability: a batch's classes apart, where the split decoder runs.
+        self.class_part = self._class_part if self.prior is not None else None
         self.resident_classes = self._split_classes if self.prior is not None else None
 
     def input_dtype(self, graph: str, name: str) -> np.dtype:
         return np.dtype(self._dtypes[graph][name])
 
-    def _split_classes(self, graph: str, parts: list[Mapping[str, np.ndarray]]) -> dict[str, Resident]:
-        if graph == "query_decoder":
-            return {PRIOR_FEED: self.prior.for_classes(parts)}  # the split decoder's support batch
-        return self.resident(graph, stack_classes(parts))
+    def _class_part(self, graph: str, part: Mapping[str, np.ndarray]) -> Any:
+        if graph != "query_decoder":
+            raise ValueError(f"only the query decoder's support inputs are kept per class, not {graph!r}'s")
+        return self.prior.for_class(part)
+
+    def _split_classes(self, graph: str, parts: list[Any]) -> dict[str, Resident]:
+        if graph != "query_decoder":
+            raise ValueError(f"only the query decoder's support inputs are kept per class, not {graph!r}'s")
+        return {PRIOR_FEED: self.prior.for_classes(parts)}  # the split decoder's support batch
 
     def resident(self, graph: str, arrays: Mapping[str, np.ndarray]) -> dict[str, Resident]:
         return {k: self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, dtype=self._dtypes[graph][k]),

@@ -17,10 +17,12 @@ The three compute the decoder's values node for node: the logits equal the whole
 for bit (``tests/test_quantize.py``). On the 2-core AVX-512 host the 5-shot product took
 455 to 557 ms this way against 630 to 740 ms with the keys as an input (BENCHMARKS.md).
 
-The Segmenter hands the backend a batch's classes apart (``resident_classes``). Each class runs
-cut to its own shots, and its product session (0.16 s to make at 5 shots for ResNet-50) is found
-again by its INT8 keys' sha256 for as long as some resident batch holds it, so registering one
-more class makes one more session, not one per class of the new batch.
+The Segmenter makes each class's part when the class is registered (``class_part``): the class
+cut to its own shots, and its product session (0.16 s to make at 5 shots for ResNet-50; classes
+with the same INT8 keys share one, found by their sha256). A support batch is then its classes'
+parts (``resident_classes``), and no frame pays for a registration. A part lives as long as its
+class: the session holds the class's packed keys (Dh x S*N bytes, 37 MB at 5 shots for ResNet-50
+at 473, beside the class's 233 MB of support arrays).
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ class ClassProduct:
     def __init__(self, session: Any, keys: Any):
         self.session = session
         self._keys = keys  # the session reads this OrtValue's memory: keep it alive
+
+
+class ClassPart:
+    """One registered class on the split decoder: its :class:`ClassProduct` and the rest's support
+    inputs (OrtValues over the class's arrays, cut to its shots). It lives as long as the class."""
+
+    def __init__(self, product: ClassProduct, feeds: dict[str, Any]):
+        self.product = product
+        self.feeds = feeds
 
 
 class ClassProducts:
@@ -99,31 +110,32 @@ class PriorProduct:
         self.rest = make_session(str(root / files["rest"]), options())
         self._template = (root / files["product"]).read_bytes()
         self.rest_inputs = [i.name for i in self.rest.get_inputs()]
-        # Product sessions by their keys' digest, for as long as a support batch holds them.
+        # Product sessions by their keys' digest, for as long as a class part holds them.
         self._made: weakref.WeakValueDictionary[tuple, ClassProduct] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
         _register_shared_allocator()
 
-    def for_classes(self, parts: list[Mapping[str, np.ndarray]]) -> ClassProducts:
-        """A support batch from its classes' support inputs (1 x ... each; ``prior_keys`` 1 x Dh x S x N).
+    def for_class(self, part: Mapping[str, np.ndarray]) -> ClassPart:
+        """One class's part of a support batch, from its support inputs (1 x ... each;
+        ``prior_keys`` 1 x Dh x S x N): made when the class is registered, so that no frame pays
+        for it. The class is cut to its own shots (the rest runs class by class, so no class pays
+        for another's; a padding slot would only add exact zeros to the prior). Keys that another
+        live class part already has (found by their sha256) share its product session."""
+        part = {k: np.ascontiguousarray(v, np.float32) for k, v in cut_to_shots(part).items()}
+        keys = np.ascontiguousarray(self.keys.run(None, {"prior_keys": part["prior_keys"]})[0][0])
+        digest = (keys.shape, keys.dtype.str, hashlib.sha256(memoryview(keys).cast("B")).digest())
+        with self._lock:
+            product = self._made.get(digest)
+            if product is None:
+                product = self._make_product(keys)
+                self._made[digest] = product
+        return ClassPart(product, {k: self.ort.OrtValue.ortvalue_from_numpy(v) for k, v in part.items()
+                                   if k in self.rest_inputs})
 
-        Each class is cut to its own shots: the rest runs class by class, so no class pays for
-        another's (a padding slot would only add exact zeros to the prior). A class whose INT8 keys
-        an earlier batch still holds reuses that batch's product session (found by the keys'
-        sha256): registering one more class makes one more session."""
-        products, feeds = [], []
-        for part in parts:
-            part = {k: np.ascontiguousarray(v, np.float32) for k, v in cut_to_shots(part).items()}
-            keys = np.ascontiguousarray(self.keys.run(None, {"prior_keys": part["prior_keys"]})[0][0])
-            digest = (keys.shape, keys.dtype.str, hashlib.sha256(memoryview(keys).cast("B")).digest())
-            with self._lock:
-                product = self._made.get(digest)
-                if product is None:
-                    product = self._make_product(keys)
-                    self._made[digest] = product
-            products.append(product)
-            feeds.append({k: self.ort.OrtValue.ortvalue_from_numpy(v) for k, v in part.items() if k in self.rest_inputs})
-        return ClassProducts(products, feeds)
+    @staticmethod
+    def for_classes(parts: list[ClassPart]) -> ClassProducts:
+        """A support batch of classes' parts (:meth:`for_class`), in the batch's order."""
+        return ClassProducts([p.product for p in parts], [p.feeds for p in parts])
 
     def _make_product(self, keys: np.ndarray) -> ClassProduct:
         """A product session with ``keys`` (Dh x S*N, INT8) in place of the template's placeholder."""
@@ -159,4 +171,4 @@ class PriorProduct:
         return {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
 
 
-__all__ = ["PriorProduct", "ClassProduct", "ClassProducts", "PRODUCT_INPUT", "KEYS_CONSTANT", "PARTS", "FEED"]
+__all__ = ["PriorProduct", "ClassProduct", "ClassPart", "ClassProducts", "PRODUCT_INPUT", "KEYS_CONSTANT", "PARTS", "FEED"]

@@ -16,7 +16,9 @@ own copy of the support cache. Results do not depend on interleaving.
 The support cache is kept twice: as host arrays (what ``save_support`` writes) and, for the
 class batches ``segment`` decodes, resident where the backend computes (device memory for
 TensorRT and ONNX Runtime's CUDA provider), built on first use and reused while the registered
-classes stay the same.
+classes stay the same. Where the backend keeps classes apart (the split INT8 decoder on the CPU),
+what it keeps of a class (its product session) is made by ``add_class`` / ``load_support``, not by
+the first frame after them.
 """
 
 from __future__ import annotations
@@ -225,6 +227,7 @@ class Segmenter:
         self.std = tuple(m["normalization"]["std"])
         self.encoder_sha256 = m["files"][Path(self.bundle.graph_path("support_encoder", self.backend.precision)).name]
         self._cache: dict[str, dict[str, np.ndarray]] = {}
+        self._parts: dict[str, Any] = {}  # per class, where the backend keeps classes apart (class_part)
         self._resident: dict[tuple[str, ...], dict] = {}
         self._lock = threading.RLock()
 
@@ -269,6 +272,7 @@ class Segmenter:
         twin.backend = self.backend.fork()
         with self._lock:
             twin._cache = dict(self._cache)
+            twin._parts = dict(self._parts)
         twin._resident = {}
         twin._lock = threading.RLock()
         return twin
@@ -317,9 +321,9 @@ class Segmenter:
         features = self.backend.run("backbone", {"images": np.stack(tensors)})
         support = self.backend.run("support_encoder", {"mid": features["mid"], "high": features["high"],
                                                        "masks": np.stack(labels)[None]})
+        part = self._class_part(support)
         with self._lock:
-            self._cache[name] = support
-            self._forget_batches({name})
+            self._store(name, support, part)
         release_freed_memory()
 
     def support_features(self, name: str) -> dict[str, np.ndarray]:
@@ -335,6 +339,7 @@ class Segmenter:
             if name not in self._cache:
                 raise UnknownClassError(f"no class {name!r}; registered: {list(self._cache)}")
             del self._cache[name]
+            self._parts.pop(name, None)
             self._forget_batches({name})
         release_freed_memory()
 
@@ -414,21 +419,34 @@ class Segmenter:
                                         f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''})")
             if any(v.ndim == 0 or v.shape[0] != 1 for v in fields.values()):
                 raise CorruptCacheError(f"{path}: class {name!r} has arrays of the wrong shape")
+        parts = {name: self._class_part(loaded[name]) for name in meta["classes"]}
         with self._lock:
             for name in meta["classes"]:
-                self._cache[name] = loaded[name]
-            self._forget_batches(set(meta["classes"]))
+                self._store(name, loaded[name], parts[name])
         release_freed_memory()
         return list(meta["classes"])
 
     # -- segmentation ------------------------------------------------------------------------------
 
+    def _class_part(self, support: dict[str, np.ndarray]) -> Any:
+        """What the backend keeps of one class, made at registration so that no frame pays for it
+        (the split INT8 decoder's product session); None where the backend keeps no such thing."""
+        make = getattr(self.backend, "class_part", None)  # optional (Backend's docstring)
+        return make("query_decoder", support) if make is not None else None
+
+    def _store(self, name: str, support: dict[str, np.ndarray], part: Any) -> None:
+        """Register ``name`` (call under the lock)."""
+        self._cache[name] = support
+        if part is not None:
+            self._parts[name] = part
+        self._forget_batches({name})
+
     def _forget_batches(self, names: set[str]) -> None:
         """Drop the resident batches that hold any of ``names`` (call under the lock).
 
         Where the backend takes a batch's classes apart (``resident_classes``), the other batches
-        stay: they are still right, they hold no copies of the arrays, and a new batch reuses
-        their per-class parts (the split decoder's product sessions). Elsewhere a batch is a copy
+        stay: they are still right and hold no copies of the arrays (a batch is its classes'
+        parts, made at registration: the split decoder's product sessions). Elsewhere a batch is a copy
         of its classes' arrays that the next frame is unlikely to ask for again, and all go."""
         if getattr(self.backend, "resident_classes", None) is None:
             self._resident.clear()
@@ -440,10 +458,9 @@ class Segmenter:
         """The decoder's support inputs for classes ``names``, resident, built once (call under the lock)."""
         batch = self._resident.pop(names, None)
         if batch is None:
-            parts = [self._cache[n] for n in names]
             per_class = getattr(self.backend, "resident_classes", None)  # optional (Backend's docstring)
-            batch = per_class("query_decoder", parts) if per_class is not None else \
-                self.backend.resident("query_decoder", stack_classes(parts))
+            batch = per_class("query_decoder", [self._parts[n] for n in names]) if per_class is not None else \
+                self.backend.resident("query_decoder", stack_classes([self._cache[n] for n in names]))
             while len(self._resident) >= self.RESIDENT_BATCHES:
                 del self._resident[next(iter(self._resident))]
         self._resident[names] = batch  # most recently used last

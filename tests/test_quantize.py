@@ -246,34 +246,44 @@ def test_the_split_decoder_equals_the_whole_one_bit_for_bit(quantized):
     assert whole._resident == {}  # the whole decoder's batches are copies: a registration drops them all
 
 
-def test_registering_a_class_makes_one_product_session_more(quantized):
-    """The split decoder's product sessions are per class: a frame after one more class is
-    registered reuses the other classes' sessions (each costs 0.16 s to make at 5 shots), a
-    replaced class gets a new one, a session nobody holds is freed, and the probabilities equal a
-    fresh Segmenter's bit for bit."""
+def test_registering_a_class_makes_its_product_session_and_frames_make_none(quantized, monkeypatch):
+    """The split decoder's product sessions are per class and made by the registration: a frame
+    makes none (each costs 0.16 s at 5 shots), one more class makes one more, a replaced class
+    gets a new one, a session nobody holds is freed, a clone shares them, and the probabilities
+    equal a fresh Segmenter's bit for bit."""
     from conftest import scene
 
     from sccan.sdk.prior_product import FEED
 
     seg = Segmenter(quantized, backend="onnxruntime", precision="int8")
     assert seg.max_classes >= 2
+    prior = seg.backend.prior
+    made = []
+    make = prior._make_product
+    monkeypatch.setattr(prior, "_make_product", lambda keys: made.append(keys.shape) or make(keys))
     (a, ma), (b, mb), (c, mc) = (scene(k, 90, 120) for k in (3, 4, 5))
     frame, _ = scene(6, 90, 120)
     seg.add_class("one", [a], [ma])
+    assert len(made) == 1  # made by add_class, before any frame
     seg.segment(frame)
     first = seg._resident[("one",)][FEED].products
+    assert len(made) == 1 and first[0] is seg._parts["one"].product
     seg.add_class("two", [b, c], [mb, mc])
+    assert len(made) == 2 and made[1][1] == 2 * made[0][1]  # each class cut to its own shots
     seg.segment(frame)
-    assert ("one",) in seg._resident  # still right: kept
+    assert ("one",) in seg._resident and len(made) == 2  # still right: kept; the frame made nothing
     second = seg._resident[("one", "two")][FEED].products
     assert second[0] is first[0] and second[1] not in first
+    twin = seg.clone()
+    twin.segment(frame)
+    assert twin._resident[("one", "two")][FEED].products == second and len(made) == 2
     seg.add_class("one", [c], [mc])  # replaced: its batches go, and so does its old session
-    assert list(seg._resident) == []
+    assert list(seg._resident) == [] and len(made) == 3
     got = seg.segment(frame)
     third = seg._resident[("one", "two")][FEED].products
     assert third[0] not in second and third[1] is second[1]
-    del first, second
-    assert len(seg.backend.prior._made) == 2  # the old "one" session went with its batches
+    del first, second, twin
+    assert len(prior._made) == 2  # the old "one" session went with the last part and batch holding it
     fresh = Segmenter(quantized, backend="onnxruntime", precision="int8")
     fresh.add_class("one", [c], [mc])
     fresh.add_class("two", [b, c], [mb, mc])
@@ -282,7 +292,17 @@ def test_registering_a_class_makes_one_product_session_more(quantized):
         assert np.array_equal(got.probabilities[name], want.probabilities[name]), name
     seg.segment(frame, classes="two")
     seg.remove_class("one")
-    assert list(seg._resident) == [("two",)]
+    assert list(seg._resident) == [("two",)] and list(seg._parts) == ["two"]
+    path = seg.save_support(quantized.parent / "two.npz")
+    seg.remove_class("two")
+    assert not seg._parts
+    seg.load_support(path)
+    # load_support makes the part too; the same keys find the session still held (by `third`)
+    assert len(made) == 3 and seg._parts["two"].product is third[1]
+    seg.remove_class("two")
+    del third
+    seg.load_support(path)
+    assert len(made) == 4 and len(prior._made) == 1
 
 
 def test_the_split_is_refused_where_the_rest_reads_the_query_or_keys(quantized):
