@@ -21,8 +21,9 @@ The Segmenter makes each class's part when the class is registered (``class_part
 cut to its own shots, and its product session (0.16 s to make at 5 shots for ResNet-50; classes
 with the same INT8 keys share one, found by their sha256). A support batch is then its classes'
 parts (``resident_classes``), and no frame pays for a registration. A part lives as long as its
-class: the session holds the class's packed keys (Dh x S*N bytes, 37 MB at 5 shots for ResNet-50
-at 473, beside the class's 233 MB of support arrays).
+class: it holds the class's INT8 keys and the session's packed copy of them (2 x Dh x S*N bytes:
+80 MB of resident memory at 5 shots for ResNet-50 at 473, measured, beside the class's 233 MB of
+support arrays).
 """
 
 from __future__ import annotations
