@@ -221,7 +221,7 @@ class BenchResult:
             lines.append(f"soak: {self.soak['frames']} frames, RSS after the {self.soak['warmup_frames']}-frame warm-up "
                          f"{self.soak['rss_after_warmup_mb']:.0f} -> "
                          f"{self.soak['rss_end_mb']:.0f} MB ({100 * self.soak['growth']:+.2f}%), "
-                         f"{self.soak['class_changes']} class changes, {'ok' if self.soak['ok'] else 'GREW'}")
+                         f"{self.soak['class_changes']} class changes, " + _soak_verdict(self.soak))
         return "\n".join(lines)
 
 
@@ -350,6 +350,13 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
 SOAK_EVERY, SOAK_SLOTS = 50, 4
 
 
+def _soak_verdict(soak: dict[str, Any]) -> str:
+    if soak["ok"] is None:
+        return (f"not judged: too short for the warm-up (every class replaced once), which takes "
+                f"{2 * SOAK_SLOTS * SOAK_EVERY} frames; soak longer than that for a verdict")
+    return "ok" if soak["ok"] else "GREW"
+
+
 def _soak(seg: Segmenter, frames: int, size: tuple[int, int], bar: tqdm) -> dict[str, Any]:
     """``frames`` frames with classes added and removed along the way; resident memory after the
     warm-up against the end (limit +2%), and its trace at each class change.
@@ -358,13 +365,17 @@ def _soak(seg: Segmenter, frames: int, size: tuple[int, int], bar: tqdm) -> dict
     frames: the slots filled, then each replaced), or a tenth of the frames if that is longer: the
     first replacement frees the first large support arrays, and glibc then serves blocks of that size
     from its heap instead of fresh mappings, a one-time step of its resident size, not growth.
+    A soak that does not outlast that warm-up is a smoke check: its growth is reported against the
+    first tenth of its frames and not judged (``ok`` is None; a 400-frame soak of Lite-0 INT8 grew
+    +60% that way and then stayed within 0.5% over 1500 frames).
     """
     h, w = size
     scenes = [synthetic_scene(500 + i, h, w) for i in range(SOAK_SLOTS)]
     for name in seg.classes:
         seg.remove_class(name)
     warm = max(frames // 10, 2 * SOAK_SLOTS * SOAK_EVERY)
-    if warm >= frames:  # too short to pass the first replacements: a tenth, as a smoke check
+    judged = warm < frames
+    if not judged:  # too short to pass the first replacements: a tenth, as a smoke check, not judged
         warm = max(1, frames // 10)
     rss_warm, changes, trace = None, 0, []
     for i in range(frames):
@@ -385,7 +396,8 @@ def _soak(seg: Segmenter, frames: int, size: tuple[int, int], bar: tqdm) -> dict
     trace.append([frames, rss_end])
     growth = (rss_end - rss_warm) / rss_warm
     return {"frames": frames, "warmup_frames": warm, "rss_after_warmup_mb": rss_warm, "rss_end_mb": rss_end,
-            "growth": growth, "class_changes": changes, "ok": growth < 0.02, "rss_trace_mb": trace}
+            "growth": growth, "class_changes": changes, "ok": growth < 0.02 if judged else None,
+            "rss_trace_mb": trace}
 
 
 def _chart_canvas(title: str, unit: str, width: int, height: int, left: int, right: int, bottom: int, top: int,
@@ -511,7 +523,7 @@ def run(args) -> int:
         print("wrote " + ", ".join(str(f) for f in files))
     else:
         print(json.dumps({"peak_rss_mb": result.peak_rss_mb, "matmul_gflops": result.matmul_gflops}))
-    return 0 if not result.soak or result.soak["ok"] else 1
+    return 1 if result.soak and result.soak["ok"] is False else 0
 
 
 def register(sub) -> None:
@@ -529,7 +541,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime and the PyTorch baseline")
     p.add_argument("--no-baseline", action="store_true", help="skip the PyTorch eager baseline")
     p.add_argument("--soak", type=int, default=0,
-                   help="also run N frames with classes added and removed; exit 1 if memory grows by 2%% or more")
+                   help="also run N frames with classes added and removed; exit 1 if memory grows by 2%% or more "
+                        "after the warm-up (N over 400; shorter soaks are reported, not judged)")
     p.add_argument("--output", help="directory for bench.json, bench.txt and the PNG charts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -180,6 +180,7 @@ def test_bench_runs_and_writes_its_report(small_export, tmp_path):
     assert case["baseline"] is not None and case["ratio_to_baseline"] > 0 and "PyTorch" in report["baseline_note"]
     soak = report["soak"]
     assert soak["frames"] == 12 and soak["class_changes"] >= 1 and soak["warmup_frames"] == 1
+    assert soak["ok"] is None and "not judged: too short for the warm-up" in out.stdout  # a smoke check
     assert [p[0] for p in soak["rss_trace_mb"]] == [0, 12] and all(p[1] > 0 for p in soak["rss_trace_mb"])
     for chart in ("latency_vs_shots", "latency_vs_classes", "latency_vs_frame", "soak_rss"):
         assert (tmp_path / "bench" / f"{chart}.png").stat().st_size > 1000
@@ -269,3 +270,6 @@ def test_soak_gate_fails_on_memory_kept_after_the_warm_up():
     assert not leaky["ok"] and leaky["rss_end_mb"] - leaky["rss_after_warmup_mb"] > 200, leaky["growth"]
     steady = _soak(Stub(leak=False), 2000, (48, 64), bar)
     assert steady["ok"], steady["growth"]
+    # 400 frames end before the warm-up: even the leak is reported, not judged (no false alarm either way)
+    short = _soak(Stub(leak=True), 400, (48, 64), bar)
+    assert short["ok"] is None and short["warmup_frames"] == 40 and short["growth"] > 0.02
