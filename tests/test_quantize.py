@@ -248,7 +248,7 @@ def test_the_split_decoder_equals_the_whole_one_bit_for_bit(quantized):
 
 def test_registering_a_class_makes_its_product_session_and_frames_make_none(quantized, monkeypatch):
     """The split decoder's product sessions are per class and made by the registration: a frame
-    makes none (each costs 0.16 s at 5 shots), one more class makes one more, a replaced class
+    makes none, one more class makes one more, a replaced class
     gets a new one, a session nobody holds is freed, a clone shares them, and the probabilities
     equal a fresh Segmenter's bit for bit."""
     from conftest import scene
