@@ -270,6 +270,8 @@ def test_soak_gate_fails_on_memory_kept_after_the_warm_up():
     assert not leaky["ok"] and leaky["rss_end_mb"] - leaky["rss_after_warmup_mb"] > 200, leaky["growth"]
     steady = _soak(Stub(leak=False), 2000, (48, 64), bar)
     assert steady["ok"], steady["growth"]
-    # 400 frames end before the warm-up: even the leak is reported, not judged (no false alarm either way)
-    short = _soak(Stub(leak=True), 400, (48, 64), bar)
-    assert short["ok"] is None and short["warmup_frames"] == 40 and short["growth"] > 0.02
+    # 400 frames end before the warm-up: reported, not judged, leak or not (no false alarm either way;
+    # whether 8 kept blocks of 8 MB show in the RSS depends on the heap this process freed before)
+    for leak in (True, False):
+        short = _soak(Stub(leak=leak), 400, (48, 64), bar)
+        assert short["ok"] is None and short["warmup_frames"] == 40 and short["class_changes"] == 8
