@@ -26,7 +26,6 @@ those of the 8-bit graphs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -65,7 +64,7 @@ def requantize_7bit(model: onnx.ModelProto) -> int:
 
 
 def make(bundle: Path, out: Path) -> None:
-    from sccan.sdk.bundle import manifest_digest
+    from sccan.sdk.bundle import MANIFEST, sha256_file, write_manifest
 
     if out.exists():
         raise SystemExit(f"{out} exists: choose a new folder")
@@ -74,10 +73,9 @@ def make(bundle: Path, out: Path) -> None:
     model = onnx.load(str(out / name))
     count = requantize_7bit(model)
     onnx.save(model, str(out / name))
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["files"][name] = hashlib.sha256((out / name).read_bytes()).hexdigest()
-    manifest["manifest_sha256"] = manifest_digest(manifest)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["files"][name] = sha256_file(out / name)
+    write_manifest(out, manifest)
     print(f"{count} weight tensors of {name} requantized to 7 bits in {out}")
 
 
