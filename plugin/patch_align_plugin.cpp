@@ -1,7 +1,7 @@
 // TensorRT plugin for SCCAN's patch alignment (IPluginV3 with the OneCore / OneBuild / OneRuntime
-// capabilities and an IPluginCreatorV3One creator), exported through getCreators() so that
-// IPluginRegistry::loadLibrary() finds it. Built from TensorRT's public headers alone: nothing
-// here links against libnvinfer.
+// capabilities and an IPluginCreatorV3One creator), exported through getCreators() and
+// setLoggerFinder(), the two entry points IPluginRegistry::loadLibrary() requires. Built from
+// TensorRT's public headers alone: nothing here links against libnvinfer.
 //
 // Node: SccanPatchAlign (version "1", namespace "sccan"), attribute cosine_eps (float, 1e-7).
 //   inputs  0 query_windows C x W x T x D, 1 support_prototypes C x W x D, 2 support_has_fg C x W,
@@ -9,6 +9,7 @@
 //   outputs 0 aligned C x W x T x D (the inputs' type), 1 index C x W (int32)
 #include "patch_align_plugin.h"
 
+#include <atomic>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -28,6 +29,20 @@ constexpr char const* kNamespace = "sccan";
 constexpr char const* kEpsField = "cosine_eps";
 constexpr int32_t kInputs = 4;
 constexpr int32_t kOutputs = 2;
+
+//! Set by TensorRT through setLoggerFinder() when it loads the library; null before (and in tests
+//! that load the library without TensorRT), when messages are dropped.
+std::atomic<ILoggerFinder*> gLoggerFinder{nullptr};
+
+void logError(std::string const& message) noexcept
+{
+    ILoggerFinder* finder = gLoggerFinder.load();
+    ILogger* logger = finder != nullptr ? finder->findLogger() : nullptr;
+    if (logger != nullptr)
+    {
+        logger->log(ILogger::Severity::kERROR, ("SccanPatchAlign: " + message).c_str());
+    }
+}
 
 bool isFloatType(DataType type)
 {
@@ -174,7 +189,13 @@ public:
         {
             return 1;
         }
-        return *validateShape(shapeOf(in)) == '\0' ? 0 : 1;
+        char const* problem = validateShape(shapeOf(in));
+        if (*problem != '\0')
+        {
+            logError(problem);
+            return 1;
+        }
+        return 0;
     }
 
     int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
@@ -195,7 +216,12 @@ public:
                 static_cast<__half const*>(inputs[2]), static_cast<__half const*>(inputs[3]),
                 static_cast<__half*>(outputs[0]), index, shape, stream, mEps);
         }
-        return status == cudaSuccess ? 0 : 1;
+        if (status != cudaSuccess)
+        {
+            logError(std::string("enqueue failed: ") + cudaGetErrorString(status));
+            return 1;
+        }
+        return 0;
     }
 
     IPluginV3* attachToContext(IPluginResourceContext* /*context*/) noexcept override
@@ -245,17 +271,21 @@ public:
                 {
                     if (field.type != PluginFieldType::kFLOAT32 || field.length != 1 || field.data == nullptr)
                     {
+                        logError("attribute cosine_eps must be one float32");
                         return nullptr;
                     }
                     std::memcpy(&eps, field.data, sizeof(float));
                 }
                 else if (std::strcmp(field.name, "plugin_namespace") != 0 && std::strcmp(field.name, "plugin_version") != 0)
                 {
-                    return nullptr; // an attribute this plugin does not know: refuse rather than ignore it
+                    // An attribute this plugin does not know: refuse rather than ignore it.
+                    logError(std::string("unknown attribute ") + field.name);
+                    return nullptr;
                 }
             }
             if (!(eps >= 0.0f))
             {
+                logError("attribute cosine_eps must be >= 0");
                 return nullptr;
             }
             return new PatchAlignPlugin(eps);
@@ -297,4 +327,9 @@ extern "C" SCCAN_PLUGIN_API IPluginCreatorInterface* const* getCreators(int32_t&
     static IPluginCreatorInterface* const creators[] = {&creator};
     nbCreators = 1;
     return creators;
+}
+
+extern "C" SCCAN_PLUGIN_API void setLoggerFinder(ILoggerFinder* finder)
+{
+    sccan::gLoggerFinder.store(finder);
 }

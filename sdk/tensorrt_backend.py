@@ -28,8 +28,8 @@ host-memory stand-in for the TensorRT and CUDA runtime APIs, which checks the or
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import GRAPHS, Bundle
+from .bundle import GRAPHS, Bundle, sha256_file
 from .errors import BundleMismatchError, SCCANError
 from .info import cuda_devices, cuda_runtime_module, pycuda_driver
 
@@ -54,14 +54,6 @@ def _device(device: int) -> dict[str, Any] | None:
     """``{"name", "compute_capability"}`` of CUDA device ``device``, or None when there is none."""
     devices, _ = cuda_devices()
     return next((d for d in devices if d["index"] == device), None)
-
-
-def sha256_path(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def preflight(bundle: Bundle, precision: str, device: int) -> list[str]:
@@ -91,13 +83,13 @@ def preflight(bundle: Bundle, precision: str, device: int) -> list[str]:
         path = bundle.path / info.get("file", "")
         if not path.is_file():
             problems.append(f"{graph} engine file {info.get('file')} is missing from {bundle.path}")
-        elif info.get("sha256") and sha256_path(path) != info["sha256"]:
+        elif info.get("sha256") and sha256_file(path) != info["sha256"]:
             problems.append(f"{graph} engine file {info['file']} does not match its sha256 in the manifest "
                             "(truncated or altered; rebuild with `sccan build --force`)")
         plugin = info.get("plugin_library")
         if plugin:
             path = bundle.path / plugin["file"]
-            got = sha256_path(path) if path.is_file() else "missing"
+            got = sha256_file(path) if path.is_file() else "missing"
             if got != plugin["sha256"]:
                 problems.append(f"{graph} engine needs plugin {plugin['file']} sha256 {plugin['sha256'][:12]}..., "
                                 f"found {got[:12]}")
@@ -606,16 +598,47 @@ class TensorRTBackend:
             self.cuda.destroy_graph(old.graph, old.executable)
 
 
+# The plugin libraries loaded per TensorRT module in this process: {sha256: (path, handle)}.
+_PLUGIN_LIBRARIES: weakref.WeakKeyDictionary[Any, dict[str, tuple[Path, Any]]] = weakref.WeakKeyDictionary()
+_PLUGIN_LOCK = threading.Lock()
+PLUGIN_CREATOR = ("SccanPatchAlign", "1", "sccan")
+
+
 def load_plugin_library(trt: Any, path: Path) -> Any:
-    """Load a TensorRT plugin library, checked: TensorRT's ``load_library`` returns None (and logs)
-    when it cannot, which would otherwise surface later as an opaque deserialisation failure."""
+    """Load a TensorRT plugin library into this process's plugin registry, once, checked.
+
+    TensorRT's ``load_library`` returns None (and logs) when it cannot load a library, which would
+    otherwise surface later as an opaque deserialisation failure; it also returns None for a library
+    whose creators are registered already, so a second load of the same library (a second
+    Segmenter, or ``sccan build``'s gate after the build loaded it) reuses the first load of the
+    same bytes. A different build of the plugin while one is loaded is refused, naming both:
+    TensorRT keeps one ``SccanPatchAlign`` creator per process. A creator registered by other code
+    (not through this function) is used as it is, with a warning.
+    """
     if not path.is_file():
         raise BundleMismatchError(f"the TensorRT plugin library {path} is missing")
-    handle = trt.get_plugin_registry().load_library(str(path))
-    if handle is None:
-        raise BundleMismatchError(f"TensorRT could not load the plugin library {path} (built for another TensorRT "
-                                  "or CUDA version, or for another architecture?)")
-    return handle
+    digest = sha256_file(path)
+    registry = trt.get_plugin_registry()
+    with _PLUGIN_LOCK:
+        loaded = _PLUGIN_LIBRARIES.setdefault(trt, {})
+        if digest in loaded:
+            return loaded[digest][1]
+        handle = registry.load_library(str(path))
+        if handle is None:
+            if loaded:
+                other = next(iter(loaded.values()))[0]
+                raise BundleMismatchError(
+                    f"TensorRT could not load the plugin library {path}: another build of it, {other}, is loaded in "
+                    "this process already, and TensorRT keeps one SccanPatchAlign plugin per process. Build the "
+                    "bundles' engines with the same plugin library, or use one process per bundle")
+            if registry.get_creator(*PLUGIN_CREATOR) is not None:
+                warnings.warn(f"the SccanPatchAlign plugin is registered in this process already (not from {path}); "
+                              "TensorRT's engines use that one", stacklevel=2)
+                return None
+            raise BundleMismatchError(f"TensorRT could not load the plugin library {path} (built for another "
+                                      "TensorRT or CUDA version, or for another architecture?)")
+        loaded[digest] = (path, handle)
+        return handle
 
 
 __all__ = ["TensorRTBackend", "DeviceTensor", "preflight", "tensorrt_unavailable", "load_plugin_library", "CudaError",

@@ -16,7 +16,9 @@
   ``tamper`` plant a parser rejection, an out-of-memory build and a wrong engine.
 * Engines have the profiles they were built with: ``set_input_shape`` enforces the active
   profile's min/max, and two live contexts executing on one profile fail.
-* ``load_library`` returns a handle, or None for a file that is not a shared library.
+* The plugin registry (``FakePluginRegistry``) behaves as real TensorRT's does: ``load_library``
+  returns None for a file that is not a shared library and for a second load while the creator is
+  registered.
 * ``FakePycuda`` is ``pycuda.driver`` over the same memory, so the pycuda path runs too;
   ``FakeCudaRuntime(driver_error=True)`` is cuda-python 13 on a CUDA 12 driver (every call fails).
 
@@ -691,6 +693,37 @@ class FakeBuilder:
         return memoryview(make_plan(model, {"profiles": [p.shapes for p in config.profiles]}))
 
 
+class FakePluginRegistry:
+    """TensorRT's plugin registry as real TensorRT 11.4 behaves (seen with libnvinfer_lean): a library
+    registers its creators when loaded; loading one whose creator is registered already returns None,
+    as does a file that is not a shared library. Every ELF file stands for a build of SccanPatchAlign."""
+
+    CREATOR = ("SccanPatchAlign", "1", "sccan")
+
+    def __init__(self, plugins: list[str]):
+        self.plugins = plugins
+        self.creators: dict[tuple[str, str, str], str] = {}
+        self.loads = 0
+
+    def load_library(self, path: str):
+        self.loads += 1
+        with open(path, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return None  # TensorRT logs and returns None
+        if self.CREATOR in self.creators:
+            return None  # "fails and returns None if any of the plugins are already registered"
+        self.creators[self.CREATOR] = path
+        self.plugins.append(path)
+        return types.SimpleNamespace(path=path)
+
+    def get_creator(self, name: str, version: str, namespace: str = ""):
+        path = self.creators.get((name, version, namespace))
+        return None if path is None else types.SimpleNamespace(name=name, path=path)
+
+    def deregister_library(self, handle) -> None:
+        self.creators = {k: v for k, v in self.creators.items() if v != handle.path}
+
+
 class FakeTensorRT(types.ModuleType):
     """The ``tensorrt`` module as far as the SDK and the engine build use it."""
 
@@ -716,6 +749,7 @@ class FakeTensorRT(types.ModuleType):
         self.cuda = cuda
         self.engines: list[FakeEngine] = []
         self.plugins: list[str] = []
+        self.registry = FakePluginRegistry(self.plugins)
         self.builds: list[dict] = []
         self.unsupported_ops: set[str] = set()
         self.out_of_memory = False
@@ -729,14 +763,7 @@ class FakeTensorRT(types.ModuleType):
         return True
 
     def get_plugin_registry(self):
-        def load_library(path: str):
-            with open(path, "rb") as f:
-                if f.read(4) != b"\x7fELF":
-                    return None  # TensorRT logs and returns None
-            self.plugins.append(path)
-            return types.SimpleNamespace(path=path)
-
-        return types.SimpleNamespace(load_library=load_library)
+        return self.registry
 
     def Builder(self, logger):  # noqa: N802 - TensorRT's name
         return FakeBuilder(self, logger)

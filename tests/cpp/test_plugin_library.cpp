@@ -1,8 +1,11 @@
 // Loads the built TensorRT plugin library (no GPU, no libnvinfer needed), finds its creator
 // through getCreators(), creates the plugin from fields, checks its build-time answers and
-// round-trips its serialisation.
+// round-trips its serialisation. setLoggerFinder() (which a real TensorRT's loadLibrary requires)
+// routes the creator's refusals to the logger it finds.
 #include <cstring>
 #include <dlfcn.h>
+#include <string>
+#include <vector>
 
 #include <NvInferRuntime.h>
 
@@ -10,6 +13,27 @@
 
 using namespace nvinfer1;
 using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
+using SetLoggerFinder = void (*)(ILoggerFinder*);
+
+namespace
+{
+struct RecordingLogger : ILogger
+{
+    std::vector<std::string> errors;
+    void log(Severity severity, AsciiChar const* msg) noexcept override
+    {
+        if (severity <= Severity::kERROR) errors.emplace_back(msg);
+    }
+};
+struct Finder : ILoggerFinder
+{
+    RecordingLogger logger;
+    ILogger* findLogger() override
+    {
+        return &logger;
+    }
+};
+} // namespace
 
 int main(int argc, char** argv)
 {
@@ -80,6 +104,21 @@ int main(int argc, char** argv)
     PluginField mistyped("cosine_eps", &wrong, PluginFieldType::kINT32, 1);
     PluginFieldCollection fcMistyped{1, &mistyped};
     CHECK(creator->createPlugin("x", &fcMistyped, TensorRTPhase::kBUILD) == nullptr);
+
+    // With a logger finder set, the same refusals say why.
+    auto setLoggerFinder = reinterpret_cast<SetLoggerFinder>(dlsym(lib, "setLoggerFinder"));
+    CHECK(setLoggerFinder != nullptr);
+    if (setLoggerFinder != nullptr)
+    {
+        Finder finder;
+        setLoggerFinder(&finder);
+        CHECK(creator->createPlugin("x", &fcUnknown, TensorRTPhase::kBUILD) == nullptr);
+        CHECK(creator->createPlugin("x", &fcMistyped, TensorRTPhase::kBUILD) == nullptr);
+        CHECK(finder.logger.errors.size() == 2);
+        CHECK(finder.logger.errors.size() == 2 && finder.logger.errors[0] == "SccanPatchAlign: unknown attribute window"
+            && finder.logger.errors[1] == "SccanPatchAlign: attribute cosine_eps must be one float32");
+        setLoggerFinder(nullptr);
+    }
 
     // Serialisation round trip: the runtime phase gets back exactly the fields it serialised.
     PluginFieldCollection const* saved = runtime->getFieldsToSerialize();

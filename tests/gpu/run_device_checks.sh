@@ -2,6 +2,9 @@
 # What a GPU session runs (one short script): build the native code for the local GPU, run ctest
 # (the kernel against the CPU reference), compute-sanitizer (memcheck, racecheck) on the kernel
 # test, and the Python GPU tests. Usage: bash tests/gpu/run_device_checks.sh [TensorRT_ROOT] [OUT]
+# With TensorRT_RUNTIME_LIBRARY set (libnvinfer.so.N, or libnvinfer_lean.so.N from the
+# tensorrt-lean-cuXX-libs wheel), ctest also runs the plugin through that TensorRT's registry and
+# its enqueue on this GPU (tests/cpp/test_plugin_trt_runtime.cu).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 trt_root="${1:-}"
@@ -10,10 +13,11 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$out/gpu.txt"
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.')
 cmake -S . -B build -DSCCAN_REQUIRE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" ${trt_root:+-DTensorRT_ROOT=$trt_root} \
+  ${TensorRT_RUNTIME_LIBRARY:+-DTensorRT_RUNTIME_LIBRARY=$TensorRT_RUNTIME_LIBRARY} \
   > "$out/cmake.log" 2>&1 && cmake --build build -j "$(nproc)" >> "$out/cmake.log" 2>&1 || { tail -30 "$out/cmake.log"; exit 1; }
 status=0
 ctest --test-dir build --output-on-failure -V > "$out/ctest.log" 2>&1 || status=1
-grep -E "device:|C=|time|Passed|Failed|Skipped|tests passed" "$out/ctest.log"
+grep -E "device:|C=|time|Passed|Failed|Skipped|tests passed|TensorRT runtime|negative|enqueue|CHECK" "$out/ctest.log"
 for tool in memcheck racecheck; do
   if command -v compute-sanitizer > /dev/null; then
     compute-sanitizer --tool "$tool" --error-exitcode 3 build/test_patch_align_gpu --no-timing > "$out/$tool.log" 2>&1 \
