@@ -22,6 +22,10 @@
 * ``FakePycuda`` is ``pycuda.driver`` over the same memory, so the pycuda path runs too;
   ``FakeCudaRuntime(driver_error=True)`` is cuda-python 13 on a CUDA 12 driver (every call fails).
 
+``tests/test_stand_in_fidelity.py`` holds this stand-in to a real TensorRT's Python bindings (the
+lean runtime's, installed by the dev extra): every method here exists there with an argument count
+TensorRT accepts, and every enum value is TensorRT's.
+
 This checks shapes, addresses, copies, capture and replay, profiles and the build's bookkeeping;
 it says nothing about TensorRT's own kernels or FP16 arithmetic (ONNX Runtime's CPU kernels run
 the FP16 graphs).

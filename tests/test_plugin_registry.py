@@ -26,11 +26,14 @@ from sccan.sdk.tensorrt_backend import PLUGIN_CREATOR, load_plugin_library
 
 
 def real_tensorrt():
+    """A real TensorRT module (full or lean), never the stand-in that a test put in sys.modules."""
     for name in ("tensorrt", "tensorrt_lean_bindings", "tensorrt_lean"):
         try:
-            return importlib.import_module(name)
+            module = importlib.import_module(name)
         except ImportError:
             continue
+        if not isinstance(module, FakeTensorRT):
+            return module
     pytest.skip("no TensorRT imports (pip install tensorrt-lean-cu13-libs tensorrt-lean-cu13-bindings gives its registry)")
 
 
