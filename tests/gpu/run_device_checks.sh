@@ -10,7 +10,24 @@ cd "$(dirname "$0")/../.."
 trt_root="${1:-}"
 out="${2:-${OUT:-/tmp/sccan-gpu}}"
 mkdir -p "$out"
+if [ -z "${TensorRT_RUNTIME_LIBRARY:-}" ]; then
+  # Else the runtime of an installed TensorRT wheel, full or lean (the dev extra installs the lean one).
+  TensorRT_RUNTIME_LIBRARY=$(python3 - 2> /dev/null << 'PY'
+import glob, importlib, os
+for name, lib in (("tensorrt_libs", "libnvinfer.so.*"), ("tensorrt_lean_libs", "libnvinfer_lean.so.*")):
+    try:
+        found = sorted(glob.glob(os.path.join(os.path.dirname(importlib.import_module(name).__file__), lib)))
+    except ImportError:
+        continue
+    if found:
+        print(found[0])
+        break
+PY
+  )
+  export TensorRT_RUNTIME_LIBRARY
+fi
 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$out/gpu.txt"
+echo "TensorRT runtime library for the plugin's registry test: ${TensorRT_RUNTIME_LIBRARY:-none}"
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.')
 cmake -S . -B build -DSCCAN_REQUIRE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" ${trt_root:+-DTensorRT_ROOT=$trt_root} \
   ${TensorRT_RUNTIME_LIBRARY:+-DTensorRT_RUNTIME_LIBRARY=$TensorRT_RUNTIME_LIBRARY} \
