@@ -41,6 +41,13 @@ for tool in memcheck racecheck; do
       && echo "compute-sanitizer $tool: clean ($(tail -1 "$out/$tool.log"))" || { echo "compute-sanitizer $tool FAILED"; tail -20 "$out/$tool.log"; status=1; }
   fi
 done
+if [ -n "${TensorRT_RUNTIME_LIBRARY:-}" ] && command -v compute-sanitizer > /dev/null; then
+  # The plugin's enqueue as TensorRT's registry hands it out, under memcheck.
+  compute-sanitizer --tool memcheck --error-exitcode 3 build/test_plugin_trt_runtime "$TensorRT_RUNTIME_LIBRARY" \
+    "$PWD/build/libsccan_trt_plugin.so" "$PWD/build/libsccan_patch_align_cpu.so" > "$out/memcheck_plugin.log" 2>&1 \
+    && echo "compute-sanitizer memcheck, plugin through TensorRT: clean ($(tail -1 "$out/memcheck_plugin.log"))" \
+    || { echo "compute-sanitizer memcheck, plugin through TensorRT, FAILED"; tail -20 "$out/memcheck_plugin.log"; status=1; }
+fi
 if python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
   python3 -m pip install -q --no-deps --no-build-isolation -e . > "$out/pip.log" 2>&1 || tail -5 "$out/pip.log"
   python3 -m pytest -q -s -p no:cacheprovider tests/gpu 2>&1 | tee "$out/pytest_gpu.log" | tail -25
