@@ -19,6 +19,24 @@ SMALL = dict(backbone_width=8, grid=16, embed_dim=32, num_blocks=4, num_heads=4,
              aspp_dilations=(2, 3, 4))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow: the learning test (it trains the synthetic model), the "
+                          "demo, full-size networks (about 14 minutes on 2 cores). CI runs them: "
+                          "`python -m pytest --slow -m slow`")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The default suite leaves the slow tests out (skipped, with the reason); ``--slow`` runs them."""
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow (trains or runs full-size models): run with --slow; CI runs them with "
+                                   "`python -m pytest --slow -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _no_grad_deterministic():
     torch.manual_seed(0)
