@@ -23,8 +23,8 @@
   ``FakeCudaRuntime(driver_error=True)`` is cuda-python 13 on a CUDA 12 driver (every call fails).
 
 ``tests/test_stand_in_fidelity.py`` holds this stand-in to a real TensorRT's Python bindings (the
-lean runtime's, installed by the dev extra): every method here exists there with an argument count
-TensorRT accepts, and every enum value is TensorRT's.
+lean runtime's and the full ones, installed by the dev extra): every method here exists there with
+an argument count TensorRT accepts, and every enum value is TensorRT's.
 
 This checks shapes, addresses, copies, capture and replay, profiles and the build's bookkeeping;
 it says nothing about TensorRT's own kernels or FP16 arithmetic (ONNX Runtime's CPU kernels run
@@ -351,8 +351,12 @@ class _TensorIOMode(enum.Enum):
     OUTPUT = 2
 
 
-class _NetworkFlag(enum.IntEnum):
-    STRONGLY_TYPED = 5  # kEXPLICIT_BATCH is 0; the value only has to be distinct
+class _NetworkFlag10(enum.IntEnum):
+    STRONGLY_TYPED = 1  # after kEXPLICIT_BATCH = 0
+
+
+class _NetworkFlag11(enum.IntEnum):  # TensorRT 11 removed kEXPLICIT_BATCH; the flag is deprecated (always on)
+    STRONGLY_TYPED = 0
 
 
 class _BuilderFlag10(enum.IntEnum):
@@ -683,7 +687,8 @@ class FakeBuilder:
         hits = len(layers & config.cache.entries) if config.cache else 0
         if config.cache is not None:
             config.cache.entries |= layers
-        strongly_typed = trt.major >= 11 or bool(network.flags & (1 << int(_NetworkFlag.STRONGLY_TYPED)))
+        flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        strongly_typed = trt.major >= 11 or bool(network.flags & flag)
         trt.builds.append({
             "graph": name, "network_flags": network.flags, "strongly_typed": strongly_typed,
             "builder_flags": sorted(f.name for f in config.flags), "tf32": trt.BuilderFlag.TF32 in config.flags,
@@ -733,7 +738,6 @@ class FakeTensorRT(types.ModuleType):
 
     DataType = _DataType
     TensorIOMode = _TensorIOMode
-    NetworkDefinitionCreationFlag = _NetworkFlag
     MemoryPoolType = _MemoryPoolType
     HardwareCompatibilityLevel = _HardwareCompatibilityLevel
     ILogger = _ILogger
@@ -750,6 +754,7 @@ class FakeTensorRT(types.ModuleType):
         self.__version__ = version
         self.major = int(version.split(".")[0])
         self.BuilderFlag = _BuilderFlag11 if self.major >= 11 else _BuilderFlag10
+        self.NetworkDefinitionCreationFlag = _NetworkFlag11 if self.major >= 11 else _NetworkFlag10
         self.cuda = cuda
         self.engines: list[FakeEngine] = []
         self.plugins: list[str] = []

@@ -3,15 +3,26 @@ the stand-in offers exists in TensorRT with an argument count TensorRT accepts, 
 member it defines has TensorRT's value. CI runs the backend and ``sccan build`` against the stand-in
 only, so a method that exists only there would pass CI and fail on the first GPU.
 
-Runs where ``tensorrt`` imports, or TensorRT's lean runtime (``pip install tensorrt-lean-cu13-libs
-tensorrt-lean-cu13-bindings``: the runtime classes and the plugin registry, no builder; the builder's
-classes are then reported as not checked). Skipped elsewhere, in CI too."""
+The runtime side runs where ``tensorrt`` imports, or TensorRT's lean runtime (``pip install
+tensorrt-lean-cu13-libs tensorrt-lean-cu13-bindings``, in the dev extra): the runtime classes and
+the plugin registry. The builder side needs the full bindings (``tensorrt-cu13-bindings``, also in
+the dev extra, a real wheel on PyPI) whose libraries (libnvinfer, the ONNX parser) cannot be
+installed here: a subprocess loads stand-in libraries of those names first, whose functions abort
+if called, and only reads the classes and their signatures. Skipped where neither is installed."""
 
 from __future__ import annotations
 
 import enum
 import inspect
+import json
 import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
 
 
 import fake_tensorrt as fake
@@ -26,8 +37,7 @@ BUILDER_PAIRS = [(fake.FakeBuilder, "Builder"), (fake.FakeConfig, "IBuilderConfi
 # Helpers of the stand-in's own, which the SDK never calls.
 STAND_IN_ONLY = {"FakeEngine": {"view", "output_shapes"}, "FakePluginRegistry": set()}
 ENUMS = [(fake._DataType, "DataType"), (fake._TensorIOMode, "TensorIOMode"),
-         (fake._MemoryPoolType, "MemoryPoolType"), (fake._HardwareCompatibilityLevel, "HardwareCompatibilityLevel"),
-         (fake._NetworkFlag, "NetworkDefinitionCreationFlag")]
+         (fake._MemoryPoolType, "MemoryPoolType"), (fake._HardwareCompatibilityLevel, "HardwareCompatibilityLevel")]
 
 
 def split_top_level(text: str) -> list[str]:
@@ -98,20 +108,81 @@ def test_the_stand_in_offers_only_what_tensorrt_has():
 
 def test_the_stand_ins_enums_have_tensorrts_values():
     trt = real_tensorrt()
-    problems, checked = [], 0
-    major = int(trt.__version__.split(".")[0])
-    flags = fake._BuilderFlag11 if major >= 11 else fake._BuilderFlag10  # as FakeTensorRT picks them
-    for stand_in, name in [*ENUMS, (flags, "BuilderFlag")]:
+    problems = check_enums(trt)
+    assert hasattr(trt, "DataType") and hasattr(trt, "TensorIOMode")
+    assert not problems, "\n".join(problems)
+
+
+# The entry points the full bindings (tensorrt_bindings/tensorrt.so, 11.x) import from TensorRT's
+# libraries, each as a function that aborts: nothing here may call TensorRT.
+STUB_LIBRARIES = {
+    "libnvinfer.so.11": ["createInferBuilder_INTERNAL", "createInferRefitter_INTERNAL", "createInferRuntime_INTERNAL",
+                         "getBuilderPluginRegistry", "getPluginRegistry"],
+    "libnvinfer_plugin.so.11": ["initLibNvInferPlugins"],
+    "libnvonnxparser.so.11": ["createNvOnnxParser_INTERNAL", "createNvOnnxParserRefitter_INTERNAL",
+                              "getNvOnnxParserVersion"],
+}
+
+CHECK_FULL = textwrap.dedent("""
+    import ctypes, json, os, sys
+    for path in sys.argv[2:]:
+        ctypes.CDLL(path, mode=os.RTLD_GLOBAL | os.RTLD_LAZY)
+    sys.path.insert(0, sys.argv[1])
+    import tensorrt_bindings as trt
+    import fake_tensorrt as fake
+    import test_stand_in_fidelity as f
+    problems = []
+    for cls, name in f.RUNTIME_PAIRS + f.BUILDER_PAIRS:
+        problems += f.check_pair(cls, getattr(trt, name))
+    problems += f.check_enums(trt)
+    print(json.dumps({"version": trt.__version__, "problems": problems}))
+""")
+
+
+def check_enums(trt) -> list[str]:
+    """Each enum value of the stand-in, as FakeTensorRT picks them for this TensorRT's major, against it."""
+    stand_in = fake.FakeTensorRT(fake.FakeCudaRuntime(), version=trt.__version__)
+    pairs = [*ENUMS, (stand_in.BuilderFlag, "BuilderFlag"),
+             (stand_in.NetworkDefinitionCreationFlag, "NetworkDefinitionCreationFlag")]
+    problems = []
+    for members, name in pairs:
         real = getattr(trt, name, None)
         if real is None:
             continue
-        for member in stand_in:
+        for member in members:
             if not hasattr(real, member.name):
                 problems.append(f"{name}.{member.name} is not in TensorRT")
                 continue
             value = getattr(real, member.name)
             value = value.value if isinstance(value, enum.Enum) else int(value)
-            checked += 1
             if value != member.value:
                 problems.append(f"{name}.{member.name} is {member.value} in the stand-in, {value} in TensorRT")
-    assert checked >= 6 and not problems, "\n".join(problems) or "too few enum members checked"
+    return problems
+
+
+def test_the_stand_ins_builder_side_matches_tensorrts_full_bindings(tmp_path):
+    try:
+        import importlib.util
+
+        found = importlib.util.find_spec("tensorrt_bindings")
+    except ImportError:
+        found = None
+    if found is None:
+        pytest.skip("TensorRT's full bindings are not installed (pip install tensorrt-cu13-bindings)")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler for the stand-in libraries")
+    stubs = []
+    for library, functions in STUB_LIBRARIES.items():
+        source = tmp_path / f"{library}.c"
+        source.write_text("#include <stdlib.h>\n" + "".join(f"void {f}(void) {{ abort(); }}\n" for f in functions))
+        stubs.append(tmp_path / library)
+        subprocess.run([compiler, "-shared", "-fPIC", "-o", str(stubs[-1]), f"-Wl,-soname,{library}", str(source)],
+                       check=True, capture_output=True, timeout=120)
+    tests = Path(__file__).resolve().parent
+    run = subprocess.run([sys.executable, "-c", CHECK_FULL, str(tests), *map(str, stubs)], capture_output=True,
+                         text=True, timeout=300, cwd=tests.parent)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not report["problems"], "\n".join(report["problems"])
+    print(f"TensorRT {report['version']} full bindings: runtime and builder classes and enums checked")
