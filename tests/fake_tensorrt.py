@@ -44,6 +44,8 @@ import types
 import weakref
 
 import numpy as np
+
+from sccan.sdk.tensorrt_backend import PLUGIN_CREATOR
 import onnx
 
 from sccan.sdk.patch_align_op import ort_session
@@ -707,21 +709,17 @@ class FakePluginRegistry:
     registers its creators when loaded; loading one whose creator is registered already returns None,
     as does a file that is not a shared library. Every ELF file stands for a build of SccanPatchAlign."""
 
-    CREATOR = ("SccanPatchAlign", "1", "sccan")
-
     def __init__(self, plugins: list[str]):
         self.plugins = plugins
         self.creators: dict[tuple[str, str, str], str] = {}
-        self.loads = 0
 
     def load_library(self, path: str):
-        self.loads += 1
         with open(path, "rb") as f:
             if f.read(4) != b"\x7fELF":
                 return None  # TensorRT logs and returns None
-        if self.CREATOR in self.creators:
+        if PLUGIN_CREATOR in self.creators:
             return None  # "fails and returns None if any of the plugins are already registered"
-        self.creators[self.CREATOR] = path
+        self.creators[PLUGIN_CREATOR] = path
         self.plugins.append(path)
         return types.SimpleNamespace(path=path)
 
