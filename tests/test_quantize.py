@@ -5,7 +5,10 @@ planted calibration that clips), the TensorRT rules for Q/DQ graphs, the ONNX Ru
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -455,36 +458,89 @@ def test_sccan_build_int8_engines_from_the_int8_graphs(quantized, tmp_path, monk
     assert "int8" not in manifest["engines"] and not list(path.glob("*.int8.*.plan"))
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not DAVIS.is_dir(), reason="../shared/realdata is not beside the repository")
-def test_int8_real_photo_model_agrees_with_fp32_on_a_real_photo(tmp_path):
-    """The shipped real-photo model quantized on its held-out photos: on a DAVIS frame (not used for
-    calibration), the INT8 Segmenter's mask agrees with FP32's within the gate's tolerance."""
+CAR = DAVIS / "JPEGImages" / "480p" / "car-roundabout"
+CAR_MASKS = DAVIS / "Annotations" / "480p" / "car-roundabout"
+NEEDS_DAVIS = pytest.mark.skipif(not DAVIS.is_dir(), reason="../shared/realdata is not beside the repository")
+
+# Registers the car in the first frame of car-roundabout and saves its probabilities on the last
+# one: argv bundle, precision, output .npy. Run in a child process on other kernels.
+SEGMENT_CAR = r"""
+import sys
+from pathlib import Path
+import cv2, numpy as np
+from sccan.sdk import Segmenter
+bundle, precision, out, seq, ann = sys.argv[1:6]
+frames = sorted(Path(seq).iterdir())
+support, query = cv2.imread(str(frames[0])), cv2.imread(str(frames[-1]))
+mask = cv2.imread(str(Path(ann) / f"{frames[0].stem}.png"), cv2.IMREAD_GRAYSCALE)
+seg = Segmenter(bundle, backend="onnxruntime", precision=precision)
+seg.add_class("car", [support], [mask])
+np.save(out, seg.segment(query).probabilities["car"])
+"""
+
+
+@pytest.fixture(scope="module")
+def real_int8_bundle(tmp_path_factory) -> Path:
+    """The shipped real-photo model at 321, quantized on its held-out photos (the gate passed)."""
     from sccan.export.exporter import export_bundle
     from sccan.train.config import resolve_config
 
-    bundle = export_bundle(WEIGHTS / "real_lite0.pt", tmp_path / "bundle", size=321, max_shots=2, max_classes=2,
-                           check_episodes=1, fp16=False, progress=False).bundle
+    bundle = export_bundle(WEIGHTS / "real_lite0.pt", tmp_path_factory.mktemp("real") / "bundle", size=321,
+                           max_shots=2, max_classes=2, check_episodes=1, fp16=False, progress=False).bundle
     config = resolve_config("real_lite0")
     monkey_root = Path(__file__).resolve().parents[1]  # the config's data roots are relative to the repository
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(monkey_root)
         result = quantize_bundle(bundle, config, images=16, gate_episodes=10, sweep_samples=1, progress=False)
     assert result.gate.ok
-    seq = DAVIS / "JPEGImages" / "480p" / "car-roundabout"
-    ann = DAVIS / "Annotations" / "480p" / "car-roundabout"
-    frames = sorted(seq.iterdir())
+    return bundle
+
+
+def _segment_car(bundle: Path, precision: str) -> np.ndarray:
+    frames = sorted(CAR.iterdir())
     support, query = cv2.imread(str(frames[0])), cv2.imread(str(frames[-1]))
-    mask = cv2.imread(str(ann / f"{frames[0].stem}.png"), cv2.IMREAD_GRAYSCALE)
-    truth = cv2.imread(str(ann / f"{frames[-1].stem}.png"), cv2.IMREAD_GRAYSCALE) > 0
-    out = {}
-    for precision in ("fp32", "int8"):
-        seg = Segmenter(bundle, backend="onnxruntime", precision=precision)
-        seg.add_class("car", [support], [mask])
-        out[precision] = seg.segment(query).probabilities["car"]
+    mask = cv2.imread(str(CAR_MASKS / f"{frames[0].stem}.png"), cv2.IMREAD_GRAYSCALE)
+    seg = Segmenter(bundle, backend="onnxruntime", precision=precision)
+    seg.add_class("car", [support], [mask])
+    return seg.segment(query).probabilities["car"]
+
+
+@pytest.mark.slow
+@NEEDS_DAVIS
+def test_int8_real_photo_model_agrees_with_fp32_on_a_real_photo(real_int8_bundle):
+    """The shipped real-photo model quantized on its held-out photos: on a DAVIS frame (not used for
+    calibration), the INT8 Segmenter's mask agrees with FP32's within the gate's tolerance."""
+    truth = cv2.imread(str(sorted(CAR_MASKS.iterdir())[-1]), cv2.IMREAD_GRAYSCALE) > 0
+    out = {precision: _segment_car(real_int8_bundle, precision) for precision in ("fp32", "int8")}
     agreement = ((out["fp32"] > 0.5) == (out["int8"] > 0.5)).mean()
     assert agreement >= MASK_AGREEMENT, agreement
     iou = {p: ((v > 0.5) & truth).sum() / ((v > 0.5) | truth).sum() for p, v in out.items()}
     assert iou["fp32"] > 0.25 and iou["fp32"] - iou["int8"] <= 0.02, iou  # 0.340 and 0.337 measured
     # a constant output would not pass: the gate's tolerance is tighter than what a wrong answer moves
     assert ((out["fp32"] > 0.5) == np.zeros_like(truth)).mean() < MASK_AGREEMENT
+
+
+@pytest.mark.slow
+@NEEDS_DAVIS
+@pytest.mark.skipif(not (os.uname().machine == "x86_64" and shutil.which("qemu-x86_64") and shutil.which("objdump")
+                         and shutil.which("cc")),
+                    reason="needs an x86-64 host with qemu-x86_64 (Debian's qemu-user), objdump and cc")
+def test_int8_real_photo_on_an_emulated_avx2_cpu(real_int8_bundle, tmp_path):
+    """The INT8 Segmenter on an emulated Haswell (``tools/avx2_kernels.py --emulate``: no AVX-512, no
+    VNNI, nothing masked) gives the masked AVX2 kernels' probabilities to the last bit, and its mask
+    agrees with this host's FP32 one within the gate. Measured: bit-identical, 99.53% agreement,
+    IoU 0.3392 against 0.3395. The bit-for-bit comparison can fail: this host's own INT8 kernels
+    (VNNI) give probabilities up to 0.04 apart from them."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "avx2_kernels.py"
+    got = {}
+    for mode in ("--emulate", "--workdir"):
+        out = tmp_path / f"{mode.strip('-')}.npy"
+        args = [mode] if mode == "--emulate" else [mode, str(tmp_path / "avx2")]
+        run = subprocess.run([sys.executable, str(tool), *args, "--", sys.executable, "-c", SEGMENT_CAR,
+                              str(real_int8_bundle), "int8", str(out), str(CAR), str(CAR_MASKS)],
+                             capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stdout + run.stderr
+        got[mode] = np.load(out)
+    assert np.array_equal(got["--emulate"], got["--workdir"])
+    fp32 = _segment_car(real_int8_bundle, "fp32")
+    assert ((got["--emulate"] > 0.5) == (fp32 > 0.5)).mean() >= MASK_AGREEMENT

@@ -1,12 +1,14 @@
 """Run a command with the kernels an AVX2-only x86-64 host would run, on an AVX-512 host.
 
     python tools/avx2_kernels.py [--check] [--workdir DIR] -- COMMAND [ARGS...]
+    python tools/avx2_kernels.py --emulate -- COMMAND [ARGS...]
 
 Examples::
 
     python tools/avx2_kernels.py --check
     python tools/avx2_kernels.py -- sccan bench --bundle B --precision int8 --shots 1,5
     python tools/avx2_kernels.py -- python -m pytest -q
+    python tools/avx2_kernels.py --emulate -- sccan demo
 
 Each library of the pipeline picks its kernels from the CPU's flags, and each but ONNX Runtime has
 a switch to cap them, which the command gets in its environment: PyTorch ``ATEN_CPU_CAPABILITY``,
@@ -22,6 +24,14 @@ What this measures is the AVX2 kernels on this machine's cores, caches and clock
 host, whose cores (Haswell to Zen 3) differ in more than their vector width. ``--check`` prints
 what each library reports in the capped environment and times one INT8 and one FP32 product in
 ONNX Runtime with and without the mask, so the switch is seen to take.
+
+``--emulate`` runs the command instead on an emulated Haswell (``qemu-x86_64 -cpu Haswell``, from
+Debian's ``qemu-user``), with nothing masked or switched: every library reads a CPU that has AVX2
+and FMA and no AVX-512, and QEMU's translator has no AVX-512 instructions at all, so any AVX-512
+code left anywhere would stop the command with an illegal instruction. It is tens of times
+slower than the host, so it is for results, never for timing; it checks the masked mode (both
+must compute the same bytes: ``tests/test_int8_kernels.py``). Programs that the command starts
+with ``exec`` run natively (QEMU follows threads and forks, not ``exec``).
 """
 
 from __future__ import annotations
@@ -43,6 +53,9 @@ CPUID = b"\x0f\xa2"
 PATCH = b"\xcc\x90"  # int3; nop: the shim resumes after the nop
 
 # Feature switches of the other libraries (documented by each), capped at AVX2 + FMA.
+# QEMU's Haswell, without the system features its translator lacks (it warns of each otherwise).
+QEMU_CPU = "Haswell-v4,-pcid,-x2apic,-tsc-deadline,-invpcid,-spec-ctrl"
+
 CAPPED_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -193,11 +206,30 @@ except ImportError:
 """
 
 
+def emulated(command: list[str]) -> list[str]:
+    """``command`` under ``qemu-x86_64 -cpu Haswell``. QEMU runs ELF executables only, so a script
+    (``sccan``, ``pytest``) is run by the interpreter its ``#!`` line names, as the kernel would."""
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        raise SystemExit("--emulate needs qemu-x86_64 (Debian: apt-get install qemu-user)")
+    program = shutil.which(command[0]) or command[0]
+    with open(program, "rb") as f:
+        head = f.readline(256)
+    if head.startswith(b"#!"):
+        interpreter = head[2:].decode().split()
+        if Path(interpreter[0]).name == "env":
+            interpreter = [shutil.which(interpreter[1]) or interpreter[1], *interpreter[2:]]
+        return [qemu, "-cpu", QEMU_CPU, *interpreter, program, *command[1:]]
+    return [qemu, "-cpu", QEMU_CPU, program, *command[1:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true",
                         help="show each library's kernels, and ONNX Runtime's product speed masked and not")
+    parser.add_argument("--emulate", action="store_true",
+                        help="run the command on an emulated Haswell (qemu-x86_64) instead: for results, not timing")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "sccan-avx2-kernels",
                         help="where the masked onnxruntime copy is kept (default: %(default)s)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
@@ -207,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a command after --, or --check")
     if os.uname().machine != "x86_64":
         raise SystemExit("AVX2 capping applies to x86-64 hosts only")
+    if args.emulate:
+        if args.check:
+            parser.error("--check times the masked kernels; it does not combine with --emulate")
+        return subprocess.run(emulated(command)).returncode
     args.workdir.mkdir(parents=True, exist_ok=True)
     root, shim = prepare(args.workdir)
     env = capped_env(root, shim)
