@@ -28,9 +28,9 @@ ONNX Runtime with and without the mask, so the switch is seen to take.
 ``--emulate`` runs the command instead on an emulated Haswell (``qemu-x86_64 -cpu Haswell``, from
 Debian's ``qemu-user``), with nothing masked or switched: every library reads a CPU that has AVX2
 and FMA and no AVX-512, and QEMU's translator has no AVX-512 instructions at all, so any AVX-512
-code left anywhere would stop the command with an illegal instruction. It is tens of times
-slower than the host, so it is for results, never for timing; it checks the masked mode (both
-must compute the same bytes: ``tests/test_int8_kernels.py``). Programs that the command starts
+code left anywhere would stop the command with an illegal instruction. It is about 100 to 300
+times slower than the host, so it is for results, never for timing; it checks the masked mode
+(both must compute the same bytes: ``tests/test_int8_kernels.py``, ``tests/test_quantize.py``). Programs that the command starts
 with ``exec`` run natively (QEMU follows threads and forks, not ``exec``).
 """
 
@@ -52,10 +52,10 @@ SHIM_SOURCE = Path(__file__).with_name("cpuid_mask.c")
 CPUID = b"\x0f\xa2"
 PATCH = b"\xcc\x90"  # int3; nop: the shim resumes after the nop
 
-# Feature switches of the other libraries (documented by each), capped at AVX2 + FMA.
 # QEMU's Haswell, without the system features its translator lacks (it warns of each otherwise).
 QEMU_CPU = "Haswell-v4,-pcid,-x2apic,-tsc-deadline,-invpcid,-spec-ctrl"
 
+# Feature switches of the other libraries (documented by each), capped at AVX2 + FMA.
 CAPPED_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -213,6 +213,8 @@ def emulated(command: list[str]) -> list[str]:
     if qemu is None:
         raise SystemExit("--emulate needs qemu-x86_64 (Debian: apt-get install qemu-user)")
     program = shutil.which(command[0]) or command[0]
+    if not Path(program).is_file():
+        raise SystemExit(f"{command[0]}: no such program")
     with open(program, "rb") as f:
         head = f.readline(256)
     if head.startswith(b"#!"):
