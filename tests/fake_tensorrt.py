@@ -44,11 +44,10 @@ import types
 import weakref
 
 import numpy as np
-
-from sccan.sdk.tensorrt_backend import PLUGIN_CREATOR
 import onnx
 
 from sccan.sdk.patch_align_op import ort_session
+from sccan.sdk.tensorrt_backend import PLUGIN_CREATOR
 
 PLAN_MAGIC = b"FAKEPLAN"
 

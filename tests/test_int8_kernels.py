@@ -125,6 +125,8 @@ print("old", json.dumps(errors(old)))
 
 
 X86 = os.uname().machine == "x86_64"
+NEEDS_QEMU = pytest.mark.skipif(not (X86 and shutil.which("qemu-x86_64")),
+                                reason="needs qemu-x86_64 (Debian's qemu-user) on an x86-64 host")
 
 
 def _run_child(tmp_path: Path, *mode: str) -> dict[str, dict[str, float]]:
@@ -156,8 +158,7 @@ def test_int8_products_stay_exact_on_avx2_kernels(masked):
     assert old["by_weights"] > 1e-2 and old["by_activations"] > 1e-2 and old["conv"] >= 3, old
 
 
-@pytest.mark.skipif(not (X86 and shutil.which("qemu-x86_64")),
-                    reason="needs qemu-x86_64 (Debian's qemu-user) on an x86-64 host")
+@NEEDS_QEMU
 def test_an_emulated_avx2_cpu_computes_what_the_masked_kernels_compute(masked, tmp_path):
     """The same products on an emulated Haswell (``--emulate``: QEMU, whose CPU has no AVX-512 at
     all, nothing masked): the SDK's options are exact there too, the old ones clamp, and every
@@ -168,8 +169,7 @@ def test_an_emulated_avx2_cpu_computes_what_the_masked_kernels_compute(masked, t
     assert emulated == masked
 
 
-@pytest.mark.skipif(not (X86 and shutil.which("qemu-x86_64")),
-                    reason="needs qemu-x86_64 (Debian's qemu-user) on an x86-64 host")
+@NEEDS_QEMU
 def test_sccan_info_on_an_emulated_avx2_cpu():
     """A console script (``#!`` line, not an ELF file) runs under ``--emulate`` through its
     interpreter, and the SDK's probe there finds the clamp an AVX2-only CPU has, whatever this

@@ -463,7 +463,7 @@ CAR_MASKS = DAVIS / "Annotations" / "480p" / "car-roundabout"
 NEEDS_DAVIS = pytest.mark.skipif(not DAVIS.is_dir(), reason="../shared/realdata is not beside the repository")
 
 # Registers the car in the first frame of car-roundabout and saves its probabilities on the last
-# one: argv bundle, precision, output .npy. Run in a child process on other kernels.
+# one: argv bundle, precision, output .npy, frames folder, masks folder.
 SEGMENT_CAR = r"""
 import sys
 from pathlib import Path
@@ -477,6 +477,7 @@ seg = Segmenter(bundle, backend="onnxruntime", precision=precision)
 seg.add_class("car", [support], [mask])
 np.save(out, seg.segment(query).probabilities["car"])
 """
+AVX2_KERNELS = Path(__file__).resolve().parents[1] / "tools" / "avx2_kernels.py"
 
 
 @pytest.fixture(scope="module")
@@ -496,22 +497,24 @@ def real_int8_bundle(tmp_path_factory) -> Path:
     return bundle
 
 
-def _segment_car(bundle: Path, precision: str) -> np.ndarray:
-    frames = sorted(CAR.iterdir())
-    support, query = cv2.imread(str(frames[0])), cv2.imread(str(frames[-1]))
-    mask = cv2.imread(str(CAR_MASKS / f"{frames[0].stem}.png"), cv2.IMREAD_GRAYSCALE)
-    seg = Segmenter(bundle, backend="onnxruntime", precision=precision)
-    seg.add_class("car", [support], [mask])
-    return seg.segment(query).probabilities["car"]
+def _segment_car(bundle: Path, precision: str, out: Path, *kernels: str) -> np.ndarray:
+    """SEGMENT_CAR in a child process, on this host's kernels or, with ``kernels`` (options of
+    tools/avx2_kernels.py), on the AVX2 ones."""
+    wrapper = [sys.executable, str(AVX2_KERNELS), *kernels, "--"] if kernels else []
+    run = subprocess.run([*wrapper, sys.executable, "-c", SEGMENT_CAR, str(bundle), precision, str(out), str(CAR),
+                          str(CAR_MASKS)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return np.load(out)
 
 
 @pytest.mark.slow
 @NEEDS_DAVIS
-def test_int8_real_photo_model_agrees_with_fp32_on_a_real_photo(real_int8_bundle):
+def test_int8_real_photo_model_agrees_with_fp32_on_a_real_photo(real_int8_bundle, tmp_path):
     """The shipped real-photo model quantized on its held-out photos: on a DAVIS frame (not used for
     calibration), the INT8 Segmenter's mask agrees with FP32's within the gate's tolerance."""
-    truth = cv2.imread(str(sorted(CAR_MASKS.iterdir())[-1]), cv2.IMREAD_GRAYSCALE) > 0
-    out = {precision: _segment_car(real_int8_bundle, precision) for precision in ("fp32", "int8")}
+    last = sorted(CAR.iterdir())[-1]
+    truth = cv2.imread(str(CAR_MASKS / f"{last.stem}.png"), cv2.IMREAD_GRAYSCALE) > 0
+    out = {p: _segment_car(real_int8_bundle, p, tmp_path / f"{p}.npy") for p in ("fp32", "int8")}
     agreement = ((out["fp32"] > 0.5) == (out["int8"] > 0.5)).mean()
     assert agreement >= MASK_AGREEMENT, agreement
     iou = {p: ((v > 0.5) & truth).sum() / ((v > 0.5) | truth).sum() for p, v in out.items()}
@@ -531,16 +534,8 @@ def test_int8_real_photo_on_an_emulated_avx2_cpu(real_int8_bundle, tmp_path):
     agrees with this host's FP32 one within the gate. Measured: bit-identical, 99.53% agreement,
     IoU 0.3392 against 0.3395. The bit-for-bit comparison can fail: this host's own INT8 kernels
     (VNNI) give probabilities up to 0.04 apart from them."""
-    tool = Path(__file__).resolve().parents[1] / "tools" / "avx2_kernels.py"
-    got = {}
-    for mode in ("--emulate", "--workdir"):
-        out = tmp_path / f"{mode.strip('-')}.npy"
-        args = [mode] if mode == "--emulate" else [mode, str(tmp_path / "avx2")]
-        run = subprocess.run([sys.executable, str(tool), *args, "--", sys.executable, "-c", SEGMENT_CAR,
-                              str(real_int8_bundle), "int8", str(out), str(CAR), str(CAR_MASKS)],
-                             capture_output=True, text=True, timeout=900)
-        assert run.returncode == 0, run.stdout + run.stderr
-        got[mode] = np.load(out)
-    assert np.array_equal(got["--emulate"], got["--workdir"])
-    fp32 = _segment_car(real_int8_bundle, "fp32")
-    assert ((got["--emulate"] > 0.5) == (fp32 > 0.5)).mean() >= MASK_AGREEMENT
+    emulated = _segment_car(real_int8_bundle, "int8", tmp_path / "emulated.npy", "--emulate")
+    masked = _segment_car(real_int8_bundle, "int8", tmp_path / "masked.npy", "--workdir", str(tmp_path / "avx2"))
+    assert np.array_equal(emulated, masked)
+    fp32 = _segment_car(real_int8_bundle, "fp32", tmp_path / "fp32.npy")
+    assert ((emulated > 0.5) == (fp32 > 0.5)).mean() >= MASK_AGREEMENT
