@@ -33,7 +33,7 @@ from sccan.sdk.schema import first_slots
 from sccan.sdk.patch_align_op import DOMAIN as PLUGIN_DOMAIN
 from sccan.sdk.patch_align_op import OP_TYPE as PLUGIN_OP
 from sccan.sdk.patch_align_op import PLUGIN_NAMESPACE, PLUGIN_VERSION
-from sccan.train.checkpoint import load_model
+from sccan.train.checkpoint import CheckpointError, load_model, read_checkpoint
 from sccan.train.model import SCCAN
 
 from .fp16 import FP32_ISLAND_CLASSES, convert_to_fp16, fp32_island_nodes, island_summary
@@ -158,6 +158,9 @@ def export_bundle(checkpoint: str | os.PathLike | SCCAN, output: str | os.PathLi
     else:
         model = load_model(checkpoint)
         source = {"path": Path(checkpoint).name, "sha256": sha256_file(checkpoint)}
+        presence = checkpoint_presence_threshold(checkpoint)
+        if presence is not None:
+            source["presence_threshold"] = presence
 
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
@@ -178,6 +181,17 @@ def export_bundle(checkpoint: str | os.PathLike | SCCAN, output: str | os.PathLi
     return ExportResult(output, manifest, (output / "report.txt").read_text())
 
 
+def checkpoint_presence_threshold(checkpoint: str | os.PathLike) -> float | None:
+    """The presence threshold calibrated for a project checkpoint (``presence_threshold``, written by
+    ``python -m sccan.train.checkpoint ... --presence-threshold``), or None (a released checkpoint,
+    or a model never calibrated: the SDK then judges no class absent)."""
+    try:
+        value = read_checkpoint(checkpoint).get("presence_threshold")
+    except CheckpointError:
+        return None
+    return None if value is None else float(value)
+
+
 def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int, check_episodes: int,
            fp16: bool, patch_align: str, source: dict[str, Any], progress: bool) -> dict[str, Any]:
     # The graphs are made from a copy whose frozen BatchNorms are folded into their convolutions
@@ -185,7 +199,7 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
     # compares them with the unmodified model.
     folded = copy.deepcopy(model)
     folded.backbone.fold_batchnorms()
-    specs = graph_specs(folded, size, max_shots)
+    specs = graph_specs(folded, size, max_shots, max_classes)
     limits = {"images": max_shots, "shots": max_shots, "slots": max_shots, "classes": max_classes}
     graphs: dict[str, dict[str, Any]] = {}
     precisions = ("fp32", "fp16") if fp16 else ("fp32",)
@@ -254,6 +268,7 @@ def _build(model: SCCAN, work: Path, size: int, max_shots: int, max_classes: int
         "model": model.config.to_dict(), "source_checkpoint": source,
         "input_size": size, "max_shots": max_shots, "max_classes": max_classes,
         "normalization": {"color": "rgb", "scale": "0..255", "mean": list(model.mean), "std": list(model.std)},
+        **({"presence_threshold": source["presence_threshold"]} if "presence_threshold" in source else {}),
         "resize_rule": RESIZE_RULE, "opset": OPSET, "patch_align": patch_align,
         "plugin_variant": plugin_variant,
         "patch_align_plugin": ({"op": PLUGIN_OP, "domain": PLUGIN_DOMAIN, "plugin_namespace": PLUGIN_NAMESPACE,

@@ -48,5 +48,9 @@ class MissingFileError(SCCANError, FileNotFoundError):
     """A file the user named does not exist (also a ``FileNotFoundError``)."""
 
 
+class UnauthorizedError(SCCANError, PermissionError):
+    """A request that changes a served model's classes without the server's token (``sccan serve --token-file``)."""
+
+
 class CheckpointError(SCCANError):
     """A checkpoint file cannot be read or does not fit the model."""

@@ -44,6 +44,7 @@ from .errors import (BadArgumentError, BadImageError, BadMaskError, BundleMismat
 from .images import as_mask, as_rgb, check_color
 from .memory import release_freed_memory, reuse_freed_memory
 from .preprocess import frame_probability, normalize, resize_image, resize_label
+from .presence import presence_scores
 from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, real_shots, stack_classes
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -89,11 +90,11 @@ def shot_lists(name: str, images: Sequence[np.ndarray] | np.ndarray, masks: Sequ
     return images, masks
 
 
-def check_threshold(threshold: object) -> float:
-    """``threshold`` as a float within [0, 1], else :class:`BadArgumentError`."""
+def check_threshold(threshold: object, what: str = "threshold") -> float:
+    """``threshold`` as a float within [0, 1], else :class:`BadArgumentError` (NaN included)."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or \
             not 0.0 <= float(threshold) <= 1.0:
-        raise BadArgumentError(f"threshold must be a probability within [0, 1], got {threshold!r}")
+        raise BadArgumentError(f"{what} must be a probability within [0, 1], got {threshold!r}")
     return float(threshold)
 
 
@@ -105,9 +106,12 @@ class Result:
         probabilities: class name -> H x W float32 foreground probability.
         masks: class name -> H x W bool (probability above the threshold).
         label_map: H x W int32: 0 = background, i = the i-th requested class (the most probable
-            one where several are above the threshold).
+            present class where several are above the threshold).
         classes: the requested class names, in label-map order.
         timings: seconds per stage (preprocess, backbone, decode, postprocess, total).
+        presence: class name -> the probability that the object is in the frame at all
+            (:mod:`sccan.sdk.presence`). A class whose presence is below the presence threshold
+            has an empty mask and no label-map pixels (its probabilities are kept).
     """
 
     probabilities: dict[str, np.ndarray]
@@ -115,6 +119,15 @@ class Result:
     label_map: np.ndarray
     classes: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    presence: dict[str, float] = field(default_factory=dict)
+    presence_threshold: float = 0.0
+
+    def present(self, name: str) -> bool:
+        """Whether class ``name`` was judged present (presence at or above the presence threshold;
+        its mask may still be empty at a high pixel threshold)."""
+        if name not in self.presence:
+            raise UnknownClassError(f"no class {name!r} in this result; it holds {self.classes}")
+        return self.presence[name] >= self.presence_threshold
 
     def overlay(self, image: np.ndarray, color: str = "bgr", alpha: float = 0.5) -> np.ndarray:
         """``image`` (uint8, same colour order) with each class's mask tinted, outlined in its colour
@@ -137,15 +150,16 @@ class Result:
             cv2.drawContours(out, contours, -1, (255, 255, 255), 3)
             cv2.drawContours(out, contours, -1, tint, 1)
             ys, xs = np.nonzero(mask)
-            scale = 0.5
-            (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            scale, thick = label_scale(h, w)
+            (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
             if tw > w - 6:  # a narrow frame: shrink the name to fit (down to a third)
                 scale = max(scale / 3, scale * (w - 6) / tw)
-                (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-            x = int(min(max(0, xs.min()), max(0, w - tw - 4)))
-            y = int(min(max(th + 4, ys.min() - 4), max(th + 4, h - base - 2)))
-            cv2.rectangle(out, (x, y - th - 3), (x + tw + 3, y + base), (0, 0, 0), -1)
-            cv2.putText(out, name, (x + 2, y), cv2.FONT_HERSHEY_SIMPLEX, scale, tint, 1, cv2.LINE_AA)
+                (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+            pad = 2 * thick
+            x = int(min(max(0, xs.min()), max(0, w - tw - 2 * pad)))
+            y = int(min(max(th + 2 * pad, ys.min() - 2 * pad), max(th + 2 * pad, h - base - pad)))
+            cv2.rectangle(out, (x, y - th - pad - 1), (x + tw + pad + 1, y + base), (0, 0, 0), -1)
+            cv2.putText(out, name, (x + pad // 2 + 1, y), cv2.FONT_HERSHEY_SIMPLEX, scale, tint, thick, cv2.LINE_AA)
         return out
 
     def label_colors(self) -> np.ndarray:
@@ -154,6 +168,13 @@ class Result:
         for i in range(len(self.classes)):
             lut[i + 1] = PALETTE[i % len(PALETTE)]
         return lut[self.label_map]
+
+
+def label_scale(height: int, width: int) -> tuple[float, int]:
+    """Font scale and stroke of overlay labels for a frame: 0.5 and 1 up to 480 lines, growing with
+    the frame's shorter side (a 2160-line frame gets 2.25 and 4), so names stay readable."""
+    scale = 0.5 * max(1.0, min(height, width) / 480)
+    return scale, max(1, round(scale * 1.8))
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
@@ -203,6 +224,20 @@ class Segmenter:
             default FP16 for TensorRT and the CUDA provider, FP32 on a CPU.
         cuda_graph: TensorRT only: capture the per-frame backbone and decoder into CUDA graphs and
             replay them while the requested classes stay the same (fewer launches per frame).
+        presence_threshold: a class whose presence score (:mod:`sccan.sdk.presence`) is below it
+            gets an empty mask and no label-map pixels. Default: the bundle's calibrated threshold
+            (``presence_threshold`` in its manifest, recorded by ``sccan export`` from a model trained
+            with absent-object episodes), else 0 (never judged absent).
+        memory: track mode's shot slots per class (0: off). With ``segment(..., remember=True)`` a
+            frame where a class is confidently present joins that class's support as an extra shot,
+            made from the frame's own backbone features (no second backbone run): the registered
+            shots stay, the most recent confident frames fill at most ``memory`` more slots (never
+            more than the bundle's ``max_shots`` in all), and a frame below ``memory_confidence``
+            never enters. Applies to classes registered with :meth:`add_class` after it is set.
+        memory_confidence: the presence score (and mean probability inside the mask) a frame needs
+            to be remembered, within [0, 1].
+        memory_every: remember at most every ``memory_every``-th frame that asks to (re-encoding a
+            class's support costs about one support-encoder run), at least 1.
 
     Making the first Segmenter of a process sets glibc's heap thresholds so that a frame reuses the
     pages the previous one freed (:func:`sccan.sdk.memory.reuse_freed_memory`; the environment
@@ -214,9 +249,29 @@ class Segmenter:
     RESIDENT_BATCHES = 4
 
     def __init__(self, bundle: str | os.PathLike | Bundle, backend: str | Backend = "auto", device: int = 0,
-                 threads: int | None = None, precision: str | None = None, cuda_graph: bool = False):
+                 threads: int | None = None, precision: str | None = None, cuda_graph: bool = False,
+                 presence_threshold: float | None = None, memory: int = 0, memory_confidence: float = 0.8,
+                 memory_every: int = 5):
         reuse_freed_memory()  # once per process: frames reuse the heap pages the last one freed
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        max_shots = int(self.bundle.max_shots)
+        if isinstance(memory, bool) or not isinstance(memory, (int, np.integer)) or not 0 <= memory < max_shots:
+            raise BadArgumentError(f"memory must be a whole number of shot slots within 0..{max_shots - 1} "
+                                   f"(this bundle takes {max_shots} shots, one of them the registered example), "
+                                   f"got {memory!r}" + ("; export with a larger --max-shots for more"
+                                                        if isinstance(memory, (int, np.integer)) and memory > 0 else ""))
+        if isinstance(memory_every, bool) or not isinstance(memory_every, (int, np.integer)) or memory_every < 1:
+            raise BadArgumentError(f"memory_every must be a whole number >= 1, got {memory_every!r}")
+        self.memory = int(memory)
+        self.memory_confidence = check_threshold(memory_confidence, "memory_confidence")
+        self.memory_every = int(memory_every)
+        self._shots: dict[str, dict[str, np.ndarray]] = {}  # track mode: registered shots' features
+        self._memory: dict[str, list[dict[str, np.ndarray]]] = {}  # track mode: remembered frames, oldest first
+        self._track_shape: tuple[int, int] | None = None
+        self._remember_calls = 0
+        self.presence_threshold = check_threshold(
+            self.bundle.manifest.get("presence_threshold", 0.0) if presence_threshold is None else presence_threshold,
+            "presence_threshold")
         self.backend = self._make_backend(backend, device, threads, precision, cuda_graph)
         m = self.bundle.manifest
         self.size = self.bundle.input_size
@@ -273,6 +328,8 @@ class Segmenter:
         with self._lock:
             twin._cache = dict(self._cache)
             twin._parts = dict(self._parts)
+            twin._shots = dict(self._shots)
+            twin._memory = {k: list(v) for k, v in self._memory.items()}
         twin._resident = {}
         twin._lock = threading.RLock()
         return twin
@@ -299,8 +356,8 @@ class Segmenter:
         """
         images, masks = shot_lists(name, images, masks)
         if len(images) > self.max_shots:
-            raise BadImageError(f"class {name!r}: {len(images)} shots exceed this bundle's maximum of "
-                                f"{self.max_shots} (export with a larger --max-shots)")
+            raise BadArgumentError(f"class {name!r}: {len(images)} shots exceed this bundle's maximum of "
+                                   f"{self.max_shots} (export with a larger --max-shots)")
         tensors, labels = [], []
         for k, (image, mask) in enumerate(zip(images, masks)):
             what = f"class {name!r} shot {k}"
@@ -319,11 +376,17 @@ class Segmenter:
             tensors.append(normalize(canvas, self.mean, self.std))
             labels.append((label == 1).astype(np.float32))
         features = self.backend.run("backbone", {"images": np.stack(tensors)})
-        support = self.backend.run("support_encoder", {"mid": features["mid"], "high": features["high"],
-                                                       "masks": np.stack(labels)[None]})
+        shots = {"mid": features["mid"], "high": features["high"], "masks": np.stack(labels)}
+        support = self.backend.run("support_encoder", {"mid": shots["mid"], "high": shots["high"],
+                                                       "masks": shots["masks"][None]})
         part = self._class_part(support)
         with self._lock:
             self._store(name, support, part)
+            self._memory.pop(name, None)
+            if self.memory:
+                self._shots[name] = shots
+            else:
+                self._shots.pop(name, None)
         release_freed_memory()
 
     def support_features(self, name: str) -> dict[str, np.ndarray]:
@@ -340,8 +403,31 @@ class Segmenter:
                 raise UnknownClassError(f"no class {name!r}; registered: {list(self._cache)}")
             del self._cache[name]
             self._parts.pop(name, None)
+            self._shots.pop(name, None)
+            self._memory.pop(name, None)
             self._forget_batches({name})
         release_freed_memory()
+
+    def memory_size(self, name: str) -> int:
+        """How many remembered frames class ``name`` holds now (track mode), 0..``memory``."""
+        with self._lock:
+            if name not in self._cache:
+                raise UnknownClassError(f"no class {name!r}; registered: {list(self._cache)}")
+            return len(self._memory.get(name, ()))
+
+    def reset_memory(self, classes: Sequence[str] | None = None) -> None:
+        """Forget the remembered frames (of all classes, or of ``classes``): each class is back to
+        its registered shots, and the next remembered frame may have any size."""
+        with self._lock:
+            names = list(self._memory) if classes is None else [classes] if isinstance(classes, str) else list(classes)
+            unknown = [n for n in names if n not in self._cache]
+            if unknown:
+                raise UnknownClassError(f"no class {unknown[0]!r}; registered: {list(self._cache)}")
+            dropped = [n for n in names if self._memory.pop(n, None)]
+            if classes is None:
+                self._track_shape = None
+        for name in dropped:
+            self._reencode(name)
 
     def save_support(self, path: str | os.PathLike, classes: Sequence[str] | None = None) -> Path:
         """Write the registered classes' support features (all, or ``classes``) to an ``.npz`` (no
@@ -423,6 +509,8 @@ class Segmenter:
         with self._lock:
             for name in meta["classes"]:
                 self._store(name, loaded[name], parts[name])
+                self._shots.pop(name, None)  # no shot features in a support file: no track mode
+                self._memory.pop(name, None)
         release_freed_memory()
         return list(meta["classes"])
 
@@ -489,49 +577,137 @@ class Segmenter:
                              outputs=("logits",))["logits"].astype(np.float32) for batch in batches])
 
     @staticmethod
-    def _result(logits: np.ndarray, place: object, names: list[str], threshold: float) -> Result:
+    def _result(logits: np.ndarray, place: object, names: list[str], threshold: float,
+                presence_threshold: float = 0.0) -> Result:
+        presence = presence_scores(logits, place.height, place.width)
+        absent = presence < presence_threshold
         probs = frame_probability(logits, place)  # C x H x W
         masks = probs > threshold
+        masks[absent] = False
         if len(names) == 1:
             label_map = masks[0].astype(np.int32)
         else:
-            label_map = probs.argmax(axis=0).astype(np.int32)
+            # Contested pixels go to the most probable present class.
+            ranked = probs if not absent.any() else np.where(absent[:, None, None], -1.0, probs)
+            label_map = ranked.argmax(axis=0).astype(np.int32)
             label_map += 1
             label_map *= masks.any(axis=0)
         return Result({n: probs[i] for i, n in enumerate(names)}, {n: masks[i] for i, n in enumerate(names)},
-                      label_map, names)
+                      label_map, names, presence={n: float(presence[i]) for i, n in enumerate(names)},
+                      presence_threshold=presence_threshold)
+
+    def _presence_threshold(self, value: float | None) -> float:
+        return self.presence_threshold if value is None else check_threshold(value, "presence_threshold")
 
     def segment(self, image: np.ndarray, classes: Sequence[str] | None = None, threshold: float = 0.5,
-                color: str = "bgr") -> Result:
+                color: str = "bgr", presence_threshold: float | None = None, remember: bool = False) -> Result:
         """Segment the registered (or the named) classes in one frame.
 
         One backbone run; the query decoder runs once over all requested classes (in chunks of the
-        bundle's ``max_classes``, or of the TensorRT engines' when fewer).
+        bundle's ``max_classes``, or of the TensorRT engines' when fewer). ``threshold`` is the
+        pixel probability of a mask; ``presence_threshold`` (default: the Segmenter's) empties the
+        mask of a class judged absent from the frame (``Result.presence``). ``remember`` (track
+        mode, a Segmenter made with ``memory``): a class confidently present in this frame takes it
+        as an extra shot, from this frame's backbone features; the frames of one track must share
+        a size (:meth:`reset_memory` starts a new track).
         """
         t0 = time.perf_counter()
         threshold = check_threshold(threshold)
+        presence_threshold = self._presence_threshold(presence_threshold)
         check_color(color)
+        if remember is not False and remember is not True:
+            raise BadArgumentError(f"remember must be True or False, got {remember!r}")
+        if remember:
+            if not self.memory:
+                raise BadArgumentError("remember=True needs track mode: make the Segmenter with memory=N "
+                                       f"(1..{self.max_shots - 1} shot slots)")
+            shape = getattr(image, "shape", (0, 0))[:2]
+            with self._lock:
+                if self._track_shape is not None and tuple(shape) != self._track_shape:
+                    raise BadImageError(f"a {shape[1]} x {shape[0]} frame in a track of "
+                                        f"{self._track_shape[1]} x {self._track_shape[0]} frames: call "
+                                        "reset_memory() to start a new track")
         names, batches = self._requested(classes)
         tensor, place = self._prepare(image, color, "image")
         t1 = time.perf_counter()
+        # Track mode needs the frame's features on the host, as the support encoder's input.
+        keep = () if remember else ("mid", "high")
         with self.backend.exclusive():  # the kept backbone outputs are read by the decoder runs
-            features = self.backend.run("backbone", {"images": tensor[None]}, keep=("mid", "high"))
+            features = self.backend.run("backbone", {"images": tensor[None]}, keep=keep)
             t2 = time.perf_counter()
             logits = self._decode(features["mid"], features["high"], batches)
         t3 = time.perf_counter()
-        result = self._result(logits, place, names, threshold)
+        result = self._result(logits, place, names, threshold, presence_threshold)
         t4 = time.perf_counter()
-        result.timings = {"preprocess": t1 - t0, "backbone": t2 - t1, "decode": t3 - t2, "postprocess": t4 - t3,
-                          "total": t4 - t0}
+        result.timings = {"preprocess": t1 - t0, "backbone": t2 - t1, "decode": t3 - t2, "postprocess": t4 - t3}
+        if remember:
+            result.timings["remember"] = self._remember(features, logits, place, names, result, tuple(shape))
+        result.timings["total"] = time.perf_counter() - t0
         return result
 
+    def _remember(self, features: dict, logits: np.ndarray, place: object, names: list[str], result: Result,
+                  shape: tuple[int, int]) -> float:
+        """Track mode: add this frame to the memory of each class confidently present; returns the seconds spent."""
+        start = time.perf_counter()
+        with self._lock:
+            if self._track_shape is None:
+                self._track_shape = shape
+            self._remember_calls += 1
+            if (self._remember_calls - 1) % self.memory_every:
+                return time.perf_counter() - start
+        changed = []
+        for i, name in enumerate(names):
+            mask = result.masks[name]
+            if result.presence[name] < self.memory_confidence or not mask.any() or \
+                    float(result.probabilities[name][mask].mean()) < self.memory_confidence:
+                continue
+            canvas = np.zeros((self.size, self.size), np.float32)
+            fg = logits[i, 1, :place.height, :place.width] > logits[i, 0, :place.height, :place.width]
+            canvas[:place.height, :place.width] = fg
+            if canvas.sum() < MIN_OBJECT_PIXELS:
+                continue
+            entry = {"mid": np.array(features["mid"][:1]), "high": np.array(features["high"][:1]),
+                     "masks": canvas[None]}
+            with self._lock:
+                shots = self._shots.get(name)
+                if shots is None:  # loaded from a support file, or registered before track mode
+                    continue
+                slots = min(self.memory, self.max_shots - len(shots["masks"]))
+                if slots <= 0:
+                    continue
+                kept = self._memory.setdefault(name, [])
+                kept.append(entry)
+                del kept[:-slots]  # the most recent confident frames; never more than the slots
+            changed.append(name)
+        for name in changed:
+            self._reencode(name)
+        return time.perf_counter() - start
+
+    def _reencode(self, name: str) -> None:
+        """Encode class ``name``'s support again from its registered shots and remembered frames."""
+        with self._lock:
+            shots = self._shots.get(name)
+            memory = list(self._memory.get(name, ()))
+        if shots is None:
+            return
+        parts = [shots, *memory]
+        support = self.backend.run("support_encoder", {
+            "mid": np.concatenate([p["mid"] for p in parts]), "high": np.concatenate([p["high"] for p in parts]),
+            "masks": np.concatenate([p["masks"] for p in parts])[None]})
+        part = self._class_part(support)
+        with self._lock:
+            if self._shots.get(name) is shots:  # not re-registered or removed meanwhile
+                self._store(name, support, part)
+
     def segment_batch(self, images: Sequence[np.ndarray], classes: Sequence[str] | None = None,
-                      threshold: float = 0.5, color: str = "bgr") -> list[Result]:
+                      threshold: float = 0.5, color: str = "bgr", presence_threshold: float | None = None
+                      ) -> list[Result]:
         """Segment several frames (of any sizes) for the same classes: one backbone run per
         ``max_shots`` frames (the backbone graph's image batch), then one decode per frame. Results
         equal :meth:`segment`'s frame by frame; a server batching its clients' frames uses this.
         ``timings`` of each result are the batch's, shared."""
         threshold = check_threshold(threshold)
+        presence_threshold = self._presence_threshold(presence_threshold)
         check_color(color)
         images = list(images)
         if not images:
@@ -548,7 +724,7 @@ class Segmenter:
                 logits = [self._decode(features["mid"][i:i + 1], features["high"][i:i + 1], batches)
                           for i in range(len(chunk))]
             t2 = time.perf_counter()
-            part = [self._result(lg, place, names, threshold) for lg, (_, place) in zip(logits, chunk)]
+            part = [self._result(lg, place, names, threshold, presence_threshold) for lg, (_, place) in zip(logits, chunk)]
             t3 = time.perf_counter()
             for r in part:
                 r.timings = {"backbone": t1 - t0, "decode": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import scene
-from sccan.sdk import (BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError, EmptyMaskError,
+from sccan.sdk import (BadArgumentError, BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError, EmptyMaskError,
                        SCCANError, Segmenter, UnknownClassError)
 from sccan.sdk.preprocess import normalize, resize_image, resize_label
 
@@ -115,7 +115,7 @@ def test_bad_input_gives_clear_errors_and_keeps_the_segmenter_usable(seg):
         (BadImageError, "dtype", lambda: seg.add_class("d", [np.zeros((20, 20, 3), np.complex64)], [np.ones((20, 20))])),
         (BadMaskError, "but its image", lambda: seg.add_class("m", [img], [mask[:10]])),
         (EmptyMaskError, "no foreground", lambda: seg.add_class("z", [img], [np.zeros_like(mask)])),
-        (BadImageError, "exceed", lambda: seg.add_class("k", [img] * (SHOTS + 1), [mask] * (SHOTS + 1))),
+        (BadArgumentError, "exceed", lambda: seg.add_class("k", [img] * (SHOTS + 1), [mask] * (SHOTS + 1))),
     ]
     for error, text, call in cases:
         with pytest.raises(error, match=text):

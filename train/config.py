@@ -17,7 +17,8 @@ DEFAULTS: dict[str, Any] = {
     "data": {"dataset": "synthetic", "size": 473, "shots": 1},
     "train": {"epochs": 200, "batch_size": 8, "lr": 0.005, "momentum": 0.9, "weight_decay": 1e-4, "power": 0.9,
               "transformer_lr": 6e-5, "transformer_weight_decay": 0.01, "max_steps": None, "seed": 123,
-              "amp": True, "log_every": 10, "workers": 0, "time_budget_s": None},
+              "amp": True, "log_every": 10, "workers": 0, "time_budget_s": None,
+              "feature_cache": None, "negative_ratio": 0.0, "ce_weight": 0.0, "checkpoint_every": 100},
     "eval": {"episodes": 1000, "seed": 321, "every": 1},
     "output": "runs/sccan",
 }

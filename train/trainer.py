@@ -127,6 +127,10 @@ def train(config: dict[str, Any], resume: str | Path | None = None, progress: bo
     ``stop_after`` stops after that many steps as an interrupt would (checkpoint, no schedule
     change), so that ``resume`` can be checked against an uninterrupted run.
     """
+    if config["train"].get("feature_cache"):
+        from .cached import train_cached
+
+        return train_cached(config, resume=resume, progress=progress, stop_after=stop_after)
     rank, world, local = _distributed()
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     tcfg, dcfg = config["train"], config["data"]
