@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .engines import DEFAULT_CONTEXTS, PATCH_ALIGN_CHOICES, BuildOptions, build_engines, check_build
+from .limits import DEFAULT_CONTEXTS, PATCH_ALIGN_CHOICES
 
 
-def _options(args: argparse.Namespace) -> BuildOptions:
+def _options(args: argparse.Namespace):
+    from .engines import BuildOptions
+
     precisions = ("fp16", "fp32") if args.precision == "both" else (args.precision,)
     return BuildOptions(precisions=precisions, max_classes=args.max_classes, opt_classes=args.opt_classes,
                         contexts=args.contexts, workspace_mib=args.workspace,
@@ -19,6 +21,8 @@ def _options(args: argparse.Namespace) -> BuildOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .engines import build_engines, check_build
+
     options = _options(args)
     if args.check:
         print(check_build(args.bundle, options), end="")

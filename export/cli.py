@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from .exporter import ExportError, check_bundle, export_bundle
 
 
 def run(args: argparse.Namespace) -> int:
+    from .exporter import ExportError, check_bundle, export_bundle
+
     if args.check:
         print(check_bundle(args.check), end="")
         return 0

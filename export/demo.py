@@ -22,11 +22,7 @@ import cv2
 import numpy as np
 
 from sccan.sdk import SCCANError, Segmenter
-from sccan.train.config import load_config
-from sccan.train.data.datasets import build_dataset
-from sccan.train.evaluate import IoUMeter
 
-from .exporter import export_bundle
 
 #: The shipped demo model (see the module docstring for how it was made).
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "train" / "weights" / "synthetic_lite0.pt"
@@ -37,6 +33,12 @@ def _tile(image: np.ndarray, size: int = 160) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sccan.train.config import load_config
+    from sccan.train.data.datasets import build_dataset
+    from sccan.train.evaluate import IoUMeter
+
+    from .exporter import export_bundle
+
     if args.real:
         from .real_demo import run_real
 

@@ -52,7 +52,7 @@ from .episodes import CHECK_FILE, BackendStages, GraphSessions, check_episodes, 
 
 PRECISIONS = ("fp16", "fp32", "int8")
 MIN_TENSORRT = (10, 3)
-DEFAULT_CONTEXTS = 2
+from .limits import DEFAULT_CONTEXTS  # noqa: E402
 PLUGIN_LIBRARY = "libsccan_trt_plugin.so"
 FP32_TOLERANCE = 1e-3
 FP16_PROB_TOLERANCE = 0.02
@@ -459,7 +459,7 @@ def check_build(bundle_path: str | os.PathLike, options: BuildOptions | None = N
     return "\n".join(lines) + "\n"
 
 
-PATCH_ALIGN_CHOICES = ("auto", "standard-ops", "plugin")
+from .limits import PATCH_ALIGN_CHOICES  # noqa: E402
 
 
 class ParserRejection(BuildError):
@@ -486,6 +486,19 @@ class _Plan:
     hint: str = ""
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     temporary: list[Path] = field(default_factory=list)
+
+
+def missing_graphs_message(manifest: dict[str, Any], precision: str) -> str:
+    """Why a bundle lacks ``precision`` graphs, and how to get a bundle that has them."""
+    if precision == "int8":
+        return "the bundle has no int8 graphs: make them with `sccan quantize BUNDLE --calibration DATA`"
+    have = ", ".join(sorted(manifest["graphs"]["backbone"]))
+    source = (manifest.get("source_checkpoint") or {}).get("path")
+    again = f"sccan export {source or 'CHECKPOINT'} -o BUNDLE" + (
+        f" --size {manifest['input_size']}" if manifest.get("input_size") else "")
+    return (f"the bundle has no {precision} graphs (it has: {have}); bundles made for the CPU, such as those of "
+            f"`sccan demo` and `sccan demo --real`, hold FP32 graphs only. Export the checkpoint again with FP16 "
+            f"graphs (the default): `{again}`, or build FP32 engines with --precision fp32")
 
 
 def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None = None, progress: bool = True,
@@ -516,17 +529,17 @@ def build_engines(bundle_path: str | os.PathLike, options: BuildOptions | None =
     for precision in options.precisions:
         if precision not in PRECISIONS:
             raise BuildError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    # TensorRT's absence is the first thing a machine without it must hear.
+    trt, facts = build_environment(options.device)
+    for precision in options.precisions:
         if precision not in manifest["graphs"]["backbone"]:
-            raise BuildError(f"the bundle has no {precision} graphs ("
-                             + ("make them with `sccan quantize BUNDLE --calibration DATA`)" if precision == "int8"
-                                else "export it without --no-fp16)"))
+            raise BuildError(missing_graphs_message(manifest, precision))
     exported = manifest.get("patch_align", "standard-ops")
     variant = manifest.get("plugin_variant") or {}
     if exported == "plugin" and options.patch_align == "standard-ops":
         raise BuildError("this bundle was exported with --patch-align plugin: it has no standard-op decoder")
     if exported != "plugin" and options.patch_align == "plugin" and not variant:
         raise BuildError("this bundle has no plugin decoder: export it with --patch-align plugin or both")
-    trt, facts = build_environment(options.device)
     target = target_name(facts, options.hardware_compatible)
     logger = _logger_class(trt)()
     trt.init_libnvinfer_plugins(logger, "")

@@ -28,6 +28,9 @@ class GraphSessions:
         self.sessions = {g: ort_session(p, threads, providers=["CPUExecutionProvider"]) for g, p in paths.items()}
         self.fp16 = fp16
         self.support_names = [o.name for o in self.sessions["support_encoder"].get_outputs()]
+        # A decoder exported for one class per run has a static class dimension of 1.
+        classes = self.sessions["query_decoder"].get_inputs()[2].shape[0]
+        self.max_classes = classes if isinstance(classes, int) else None
 
     def _feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return to_fp16_feeds(feeds) if self.fp16 else feeds
@@ -85,8 +88,14 @@ def run_episode(stages: "GraphSessions | BackendStages", episode: Episode) -> tu
     per_class = []
     for images, masks in episode.supports:
         per_class.append(stages.encode(stages.extract(images), masks))
-    batched = {k: np.concatenate([s[k] for s in per_class]) for k in per_class[0]}
-    return stages.decode(stages.extract(episode.query), batched)
+    query = stages.extract(episode.query)
+    step = getattr(stages, "max_classes", None) or len(per_class)  # classes per decoder run
+    parts = [stages.decode(query, {k: np.concatenate([s[k] for s in per_class[i:i + step]]) for k in per_class[0]})
+             for i in range(0, len(per_class), step)]
+    if len(parts) == 1:
+        return parts[0]
+    return (np.concatenate([p[0] for p in parts]),
+            [np.concatenate([p[1][b] for p in parts]) for b in range(len(parts[0][1]))])
 
 
 class BackendStages:
@@ -94,6 +103,7 @@ class BackendStages:
 
     def __init__(self, backend):
         self.backend = backend
+        self.max_classes = getattr(backend, "max_classes", None)  # engines built for fewer classes per run
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.backend.run(graph, {k: np.asarray(v, self.backend.input_dtype(graph, k)) for k, v in feeds.items()})

@@ -82,8 +82,9 @@ class GraphSpec:
     dynamic: dict[str, dict[int, str]]
 
 
-def graph_specs(model: SCCAN, size: int, max_shots: int) -> list[GraphSpec]:
-    """The three graphs of ``model`` at input size ``size`` with example inputs (2 shots, 2 classes)."""
+def graph_specs(model: SCCAN, size: int, max_shots: int, max_classes: int = 2) -> list[GraphSpec]:
+    """The three graphs of ``model`` at input size ``size`` with example inputs (2 shots and 2 classes,
+    or 1 where that is the maximum: the dimension is then static)."""
     model = model.eval()
     layout = model.support_layout(max_shots)
     names = layout.names()
@@ -95,7 +96,7 @@ def graph_specs(model: SCCAN, size: int, max_shots: int) -> list[GraphSpec]:
     with torch.no_grad():
         mid, high = model.extract(images)
         support = model.encode_support_features(mid, high, masks, max_shots)
-    two = tuple(torch.cat([v, v], 0) for v in support.values())
+    two = tuple(torch.cat([v, v], 0) for v in support.values()) if max_classes > 1 else tuple(support.values())
     align = [f"block{i}_align_index" for i in range(model.config.num_blocks)]
     return [
         GraphSpec("backbone", BackboneGraph(model), (images,), ["images"], ["mid", "high"],
@@ -116,11 +117,14 @@ def export_graph(spec: GraphSpec, path: Path, max_dims: dict[str, int],
     exports each block's patch alignment as one ``SccanPatchAlign`` node (see
     :mod:`sccan.export.plugin_op`).
     """
-    dims = {n: torch.export.Dim(n, min=1, max=max_dims[n]) for n in {d for v in spec.dynamic.values() for d in v.values()}}
+    # A dimension whose maximum is 1 is static (torch.export has no Dim with min = max, and an
+    # example of size 1 is specialised anyway).
+    dims = {n: torch.export.Dim(n, min=1, max=max_dims[n]) for n in {d for v in spec.dynamic.values() for d in v.values()}
+            if max_dims[n] > 1}
     shapes = []
     for name in spec.input_names:
-        axes = spec.dynamic.get(name)
-        shapes.append({axis: dims[d] for axis, d in axes.items()} if axes else None)
+        axes = {axis: dims[d] for axis, d in (spec.dynamic.get(name) or {}).items() if d in dims}
+        shapes.append(axes or None)
     n_fixed = 2 if spec.name == "query_decoder" else len(shapes)
     dynamic_shapes = tuple(shapes[:n_fixed]) + ((tuple(shapes[n_fixed:]),) if spec.name == "query_decoder" else ())
     from .plugin_op import plugin_patch_alignment
@@ -138,8 +142,8 @@ def export_graph(spec: GraphSpec, path: Path, max_dims: dict[str, int],
                                     external_data=False, custom_translation_table=table or None)
     model = program.model_proto
     for value in model.graph.input:
-        for axis in spec.dynamic.get(value.name, {}):
-            if not value.type.tensor_type.shape.dim[axis].dim_param:
+        for axis, dim in spec.dynamic.get(value.name, {}).items():
+            if dim in dims and not value.type.tensor_type.shape.dim[axis].dim_param:
                 raise RuntimeError(f"{spec.name}: input {value.name} axis {axis} was specialised to a "
                                    "fixed size during export; the model code must not turn it into a Python int")
     onnx.save_model(model, str(path))

@@ -72,9 +72,7 @@ FLOAT_OUTPUTS: dict[str, tuple[str, ...]] = {"backbone": (), "query_decoder": ("
 #: Graphs quantized; the support encoder runs once per class and stays FP32.
 QUANTIZED_GRAPHS = ("backbone", "query_decoder")
 #: The gate (on photos not used for calibration).
-MASK_AGREEMENT = 0.99
-MIOU_DROP = 0.01
-J_DROP = 0.01
+from .limits import J_DROP, MASK_AGREEMENT, MIOU_DROP  # noqa: E402,F401 - the gate's limits
 #: What one quantized graph may cost alone on the sweep samples (mask agreement with FP32).
 SWEEP_AGREEMENT = 0.995
 

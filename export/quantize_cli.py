@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from .quantize import J_DROP, MASK_AGREEMENT, MIOU_DROP, quantize_bundle
+from .limits import J_DROP, MASK_AGREEMENT, MIOU_DROP
 
 
 def run(args: argparse.Namespace) -> int:
+    from .quantize import quantize_bundle
+
     result = quantize_bundle(args.bundle, args.calibration, precision=args.precision, images=args.images,
                              gate_data=args.gate, gate_episodes=args.gate_episodes, video_root=args.video_root,
                              skip_gate=args.skip_gate, sweep_samples=args.sweep_samples, seed=args.seed,

@@ -33,6 +33,46 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*torchvision.*")
 
 
+#: The extra each command of an optional part needs (``pip install 'sccan[EXTRA]'``); the SDK's own
+#: commands (info, bench, segment) need none.
+EXTRAS = {"export": "export", "quantize": "export", "build": "tensorrt", "demo": "train,export", "train": "train",
+          "eval": "train", "triton": "serve", "serve": "serve"}
+
+
+#: Modules each command of an extra imports when it runs (found, not imported, to say early what is missing).
+REQUIRES = {"export": ("torch", "onnx"), "quantize": ("onnx",), "build": ("onnx",), "demo": ("torch", "onnx"),
+            "train": ("torch",), "eval": ("torch",)}
+
+
+def _absent(name: str) -> ImportError | None:
+    """The ImportError a command would meet first (a module of its extra that is not installed), or None."""
+    import importlib.util
+
+    for module in REQUIRES.get(name, ()):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return ModuleNotFoundError(f"No module named {module!r}", name=module)
+    return None
+
+
+def _missing_extra(name: str, exc: ImportError) -> int:
+    """One line naming the extra a command needs, exit 2."""
+    extra = EXTRAS.get(name, "train,export")
+    missing = getattr(exc, "name", None) or str(exc)
+    print(f"sccan {name}: needs the '{extra}' extra ({missing} is not installed): pip install -e '.[{extra}]' "
+          f"in a checkout, or pip install 'sccan[{extra}]'", file=sys.stderr)
+    return 2
+
+
+def _third_party(exc: ImportError) -> bool:
+    """A missing dependency (not a fault of this package's own modules)."""
+    name = getattr(exc, "name", None) or ""
+    return isinstance(exc, ModuleNotFoundError) and bool(name) and not name.startswith("sccan")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``only``, just that subcommand's entry point is loaded."""
     parser = argparse.ArgumentParser(prog="sccan", description="SCCAN Edge: few-shot segmentation "
@@ -42,19 +82,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and ep.name != only:
             continue
         try:
+            absent = _absent(ep.name)
+            if absent is not None:
+                raise absent
             register = ep.load()
         except ImportError as exc:  # an optional part (train/export) whose dependencies are absent
-            p = sub.add_parser(ep.name, help=f"unavailable here: {exc}")
-            p.set_defaults(func=lambda args, exc=exc, name=ep.name: _unavailable(name, exc))
+            p = sub.add_parser(ep.name, help=f"needs the '{EXTRAS.get(ep.name, 'train,export')}' extra "
+                                             f"({getattr(exc, 'name', None) or exc} is not installed)")
+            p.set_defaults(func=lambda args, exc=exc, name=ep.name: _missing_extra(name, exc))
             continue
         register(sub)
     return parser
-
-
-def _unavailable(name: str, exc: ImportError) -> int:
-    print(f"sccan {name} needs packages that are not installed ({exc}); "
-          "pip install 'sccan[train,export]'", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     names = {ep.name for ep in entry_points(group="sccan.commands")}
     command = argv[0] if argv and argv[0] in names else None
+    if command is not None:
+        # A command of a part whose extra is not installed says so whatever its arguments (argparse
+        # would otherwise refuse them first, as unrecognised).
+        ep = next(e for e in entry_points(group="sccan.commands") if e.name == command)
+        try:
+            absent = _absent(command)
+            if absent is not None:
+                raise absent
+            ep.load()
+        except ImportError as exc:
+            return _missing_extra(command, exc)
     parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -69,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ImportError as exc:
+        if not _third_party(exc):
+            raise
+        return _missing_extra(args.command, exc)
     except SCCANError as exc:
         print(f"sccan {args.command}: error: {exc}", file=sys.stderr)
         return 2

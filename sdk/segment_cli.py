@@ -4,6 +4,10 @@ Per image it writes ``NAME_overlay.png`` (the frame with the masks drawn), ``NAM
 (the label map as 8-bit values: 0 = background, i = the i-th class; it looks black in a viewer)
 and ``NAME_labels_color.png`` (the same map in the overlay's class colours). Streams give
 ``segmented.mp4``. Nothing is created when the arguments or the supports are wrong.
+
+Several classes: repeat ``--class NAME --support IMAGE:MASK [--support ...]``, each ``--support``
+belonging to the ``--class`` before it, e.g. ``--class mug --support m.jpg:m.png --class key
+--support k1.jpg:k1.png --support k2.jpg:k2.png``; or register them once and ``--load-support``.
 """
 
 from __future__ import annotations
@@ -20,28 +24,59 @@ from .segmenter import BACKENDS, Segmenter, check_threshold
 from .sources import open_source, read_image, read_mask
 
 
+class _ClassAction(argparse.Action):
+    """``--class NAME`` starts a class; the ``--support`` options after it are its shots."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        classes = list(getattr(namespace, "classes", None) or [])
+        classes.append([values, []])
+        namespace.classes = classes
+
+
+class _SupportAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        classes = list(getattr(namespace, "classes", None) or [])
+        if not classes:  # supports before any --class belong to the first one
+            namespace.pending = [*(getattr(namespace, "pending", None) or []), values]
+            return
+        classes[-1][1].append(values)
+        namespace.classes = classes
+
+
 def _check_support_args(args: argparse.Namespace) -> None:
-    if args.support and not args.class_name:
-        raise BadArgumentError("--support needs --class NAME: the name of the object the examples show")
-    if args.class_name and not args.support:
-        raise BadArgumentError(f"--class {args.class_name} needs at least one --support IMAGE:MASK example")
-    if not args.support and not args.load_support:
+    classes = args.classes or []
+    if args.pending:
+        if not classes:
+            raise BadArgumentError("--support needs --class NAME: the name of the object the examples show")
+        classes[0][1][:0] = args.pending
+    for name, pairs in classes:
+        if not pairs:
+            raise BadArgumentError(f"--class {name} needs at least one --support IMAGE:MASK example")
+    names = [name for name, _ in classes]
+    if len(set(names)) != len(names):
+        raise BadArgumentError(f"--class names must differ, got {names}")
+    if not classes and not args.load_support:
         raise BadArgumentError("nothing to segment: give --class NAME --support IMAGE:MASK, or --load-support FILE")
 
 
-def _supports(args: argparse.Namespace) -> tuple[list, list]:
-    images, masks = [], []
-    for pair in args.support or []:
-        if ":" not in pair:
-            raise BadArgumentError(f"--support takes IMAGE:MASK (two paths joined by ':'), got {pair!r}")
-        image_path, mask_path = pair.rsplit(":", 1)
-        images.append(read_image(image_path))
-        masks.append(read_mask(mask_path))
-    return images, masks
+def _supports(args: argparse.Namespace) -> list[tuple[str, list, list]]:
+    out = []
+    for name, pairs in args.classes or []:
+        images, masks = [], []
+        for pair in pairs:
+            if ":" not in pair:
+                raise BadArgumentError(f"--support takes IMAGE:MASK (two paths joined by ':'), got {pair!r}")
+            image_path, mask_path = pair.rsplit(":", 1)
+            images.append(read_image(image_path))
+            masks.append(read_mask(mask_path))
+        out.append((name, images, masks))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     threshold = check_threshold(args.threshold)
+    presence = None if args.presence_threshold is None else check_threshold(args.presence_threshold,
+                                                                           "--presence-threshold")
     if args.cuda_graph and args.backend != "tensorrt":
         raise BadArgumentError("--cuda-graph needs --backend tensorrt")
     _check_support_args(args)
@@ -51,13 +86,13 @@ def run(args: argparse.Namespace) -> int:
     if args.save_support and Path(args.save_support).is_dir():
         raise BadArgumentError(f"--save-support {args.save_support} is a directory; give a file path such as "
                                "classes.npz")
-    images, masks = _supports(args)
+    supports = _supports(args)
     seg = Segmenter(args.bundle, backend=args.backend, threads=args.threads, precision=args.precision,
-                    cuda_graph=args.cuda_graph)
+                    cuda_graph=args.cuda_graph, presence_threshold=presence)
     if args.load_support:
         seg.load_support(args.load_support)
-    if images:
-        seg.add_class(args.class_name, images, masks)
+    for name, images, masks in supports:
+        seg.add_class(name, images, masks)
     source = open_source(args.input)
     if args.save_support:
         seg.save_support(args.save_support)
@@ -104,9 +139,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment images, a folder, a video or a camera with a bundle",
                        description=__doc__.split("\n\n", 1)[1].strip() if __doc__ else None)
     p.add_argument("--bundle", required=True, help="bundle directory from `sccan export`")
-    p.add_argument("--class", dest="class_name", help="name of the class the --support examples show")
-    p.add_argument("--support", action="append", metavar="IMAGE:MASK",
-                   help="an example image and its mask (any non-zero pixel is the object); repeat for more shots")
+    p.add_argument("--class", dest="classes", action=_ClassAction, metavar="NAME", default=[],
+                   help="name of the class the --support examples after it show; repeat (each with its --support "
+                        "options) for several classes")
+    p.add_argument("--support", action=_SupportAction, metavar="IMAGE:MASK", dest="pending", default=[],
+                   help="an example image and its mask (any non-zero pixel is the object), for the --class before "
+                        "it; repeat for more shots")
     p.add_argument("--load-support", metavar="FILE",
                    help="support file from --save-support (instead of, or besides, --support)")
     p.add_argument("--save-support", metavar="FILE", help="write the registered classes' support features here (.npz)")
@@ -116,6 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "NAME_labels_color.png, or segmented.mp4 for streams")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="foreground probability above which a pixel belongs to a class (0..1, default 0.5)")
+    p.add_argument("--presence-threshold", type=float, default=None,
+                   help="a class whose presence score is below it is judged absent from the frame: no pixels "
+                        "(0..1; default: the bundle's calibrated threshold, or 0 where it has none)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: TensorRT engines when usable here, else ONNX Runtime")
     p.add_argument("--threads", type=int, help="ONNX Runtime CPU threads (default: its own choice)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 
 from .repository import BACKENDS, make_repository
 
@@ -21,19 +22,39 @@ def run_triton(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .server import TritonServer
+    from .server import TritonServer, is_loopback
 
     server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, log=args.log,
-                          verbose=args.verbose, python=args.python)
+                          verbose=args.verbose, python=args.python, address=args.address,
+                          token_file=args.token_file)
+    if not is_loopback(args.address):
+        print(f"sccan serve: warning: listening on {args.address}: anyone who reaches this machine can segment"
+              + (" (registering and removing classes needs the token)" if server.token else
+                 ", and register, replace and remove classes: pass --token-file to require a token for those"),
+              file=sys.stderr, flush=True)
+
+    class Terminated(Exception):
+        pass
+
+    def on_term(*_: object) -> None:  # Kubernetes' stop: leave the loop below, which stops the server
+        raise Terminated
+
     server.start()
     print(f"tritonserver ({server.origin}) starting on {args.repo}; log: {server.log}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: (server.stop(), sys.exit(0)))
+    signal.signal(signal.SIGTERM, on_term)
     try:
         server.wait_ready()
         print(f"ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics "
-              f"http://localhost:{args.metrics_port}/metrics (Ctrl-C stops)", flush=True)
-        return server.process.wait()
+              f"http://{server.http_url.rsplit(':', 1)[0]}:{args.metrics_port}/metrics (Ctrl-C stops)", flush=True)
+        # Polled, not a blocking wait: a signal handler must never interrupt the reaping of the
+        # process (a second wait on it from the handler deadlocks on Popen's lock).
+        while server.process.poll() is None:
+            time.sleep(0.2)
+        return server.process.returncode
+    except Terminated:
+        return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         server.stop()
 
 
@@ -66,6 +87,12 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="where the HTTP, gRPC and metrics endpoints listen (default 127.0.0.1, this machine only; "
+                        "0.0.0.0 for every interface, with a warning: pair it with --token-file)")
+    p.add_argument("--token-file", default=None,
+                   help="a file whose first line is a secret token: registering, replacing and removing classes "
+                        "then need it (RemoteSegmenter(..., token=...)); Triton's admin APIs take it as their key")
     p.add_argument("--log", default=None, help="server log file (default beside the repository)")
     p.add_argument("--verbose", action="store_true", help="verbose server log")
     p.add_argument("--python", default=None,

@@ -18,6 +18,10 @@ load_support    SUPPORT_FILE (an .npz)        CLASSES (the file's)
 save_support    CLASS_NAMES (optional)        SUPPORT_FILE
 ==============  ============================  ==============================================
 
+A server started with a token (``sccan serve --token-file``) refuses the commands that change
+its classes (``PROTECTED``) unless the request's ``TOKEN`` input holds it: ``UnauthorizedError``.
+``segment`` may carry ``PRESENCE_THRESHOLD``; its ``INFO`` holds the classes' presence scores.
+
 Errors come back as Triton errors whose message is ``SCCAN <ErrorClass>: <message>``, so the
 client raises the same :mod:`sccan.sdk.errors` class the in-process Segmenter would.
 """
@@ -41,7 +45,13 @@ INPUTS = {
     "SUPPORT_IMAGES": ("TYPE_STRING", [-1]),
     "SUPPORT_MASKS": ("TYPE_STRING", [-1]),
     "SUPPORT_FILE": ("TYPE_STRING", [1]),
+    "TOKEN": ("TYPE_STRING", [1]),
+    "PRESENCE_THRESHOLD": ("TYPE_FP32", [1]),
 }
+#: the commands that change the served classes: a server with a token refuses them without it
+PROTECTED = ("add_class", "remove_class", "load_support")
+#: the environment variable through which ``sccan serve`` hands the token's sha256 to the model
+TOKEN_ENV = "SCCAN_SERVE_TOKEN_SHA256"
 OUTPUTS = {
     "PROBABILITIES": ("TYPE_FP32", [-1, -1, -1]),
     "MASKS": ("TYPE_BOOL", [-1, -1, -1]),

@@ -25,7 +25,7 @@ from sccan.sdk.errors import BadArgumentError, BadImageError, MissingFileError, 
 from sccan.sdk.images import as_mask, as_rgb, check_color
 from sccan.sdk.segmenter import Result, check_threshold, shot_lists
 
-from .protocol import MODEL_NAME, OUTPUT_KINDS, raise_remote
+from .protocol import MODEL_NAME, OUTPUT_KINDS, PROTECTED, raise_remote
 
 _TYPES = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.dtype(np.object_): "BYTES"}
 
@@ -38,10 +38,17 @@ class RemoteSegmenter:
         protocol: ``"http"`` or ``"grpc"``.
         model: the model's name in the repository.
         timeout: seconds a request may take.
+        token: the server's token (``sccan serve --token-file``), sent with the requests that change
+            its classes; or ``token_file``, a file holding it (its first line).
     """
 
     def __init__(self, url: str = "localhost:8000", protocol: str = "http", model: str = MODEL_NAME,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, token: str | None = None, token_file: str | os.PathLike | None = None):
+        if token is not None and token_file is not None:
+            raise BadArgumentError("give token or token_file, not both")
+        if token_file is not None:
+            token = read_token(token_file)
+        self._token = token
         if protocol == "http":
             import tritonclient.http as client
 
@@ -61,6 +68,8 @@ class RemoteSegmenter:
     def _call(self, command: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         c = self._module
         tensors = []
+        if self._token is not None and command in PROTECTED:
+            inputs = {**inputs, "TOKEN": np.array([self._token.encode()], dtype=np.object_)}
         for name, value in {"COMMAND": np.array([command.encode()], dtype=np.object_), **inputs}.items():
             value = value[None]  # the batch dimension
             tensor = c.InferInput(name, list(value.shape), _TYPES[value.dtype])
@@ -102,10 +111,8 @@ class RemoteSegmenter:
         images, masks = shot_lists(name, images, masks)
         encoded_images, encoded_masks = [], []
         for k, (image, mask) in enumerate(zip(images, masks)):
+            _check_uint8(image, f"class {name!r} shot {k} image")  # before as_rgb, which warns on floats
             rgb = as_rgb(image, color, f"class {name!r} shot {k} image")
-            if rgb.dtype != np.uint8:
-                raise BadImageError(f"class {name!r} shot {k} image: RemoteSegmenter sends 8-bit images, this one "
-                                    f"is {rgb.dtype} (np.clip(image, 0, 255).astype(np.uint8))")
             binary = as_mask(mask, rgb.shape[:2], f"class {name!r} shot {k} mask")
             encoded_images.append(_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
             encoded_masks.append(_png((binary > 0).astype(np.uint8) * 255))
@@ -117,18 +124,21 @@ class RemoteSegmenter:
         self._call("remove_class", {"CLASS_NAMES": self._names([name])}, ["CLASSES"])
 
     def segment(self, image: np.ndarray, classes: Sequence[str] | None = None, threshold: float = 0.5,
-                color: str = "bgr", output: str = "probabilities") -> Result:
+                color: str = "bgr", output: str = "probabilities", presence_threshold: float | None = None) -> Result:
         """Segment one frame on the server. ``output="masks"`` transfers masks only (a quarter of
-        the bytes); the Result's probabilities are then empty."""
+        the bytes); the Result's probabilities are then empty. ``presence_threshold`` as the
+        Segmenter's (default: the served bundle's)."""
         threshold = check_threshold(threshold)
+        if presence_threshold is not None:
+            presence_threshold = check_threshold(presence_threshold, "presence_threshold")
         if output not in OUTPUT_KINDS:
             raise BadArgumentError(f"output must be one of {OUTPUT_KINDS}, got {output!r}")
+        _check_uint8(image, "image")  # before as_rgb, which would first warn about a float image's scale
         rgb = as_rgb(image, color, "image")
-        if rgb.dtype != np.uint8:
-            raise BadImageError(f"RemoteSegmenter sends 8-bit frames, this image is {rgb.dtype}: convert it "
-                                "(np.clip(image, 0, 255).astype(np.uint8)), or use the in-process Segmenter")
         inputs = {"IMAGE": np.ascontiguousarray(rgb[..., ::-1]), "THRESHOLD": np.array([threshold], np.float32),
                   "OUTPUT_KIND": np.array([output.encode()], dtype=np.object_)}
+        if presence_threshold is not None:
+            inputs["PRESENCE_THRESHOLD"] = np.array([presence_threshold], np.float32)
         if classes is not None:
             inputs["CLASS_NAMES"] = self._names([classes] if isinstance(classes, str) else list(classes))
         planes = "PROBABILITIES" if output == "probabilities" else "MASKS"
@@ -139,8 +149,14 @@ class RemoteSegmenter:
             masks = {n: p > threshold for n, p in probabilities.items()}
         else:
             probabilities, masks = {}, {n: out[planes][i].astype(bool) for i, n in enumerate(names)}
-        result = Result(probabilities, masks, out["LABEL_MAP"], names)
-        result.timings = json.loads(_first(out["INFO"]))["timings"]
+        info = json.loads(_first(out["INFO"]))
+        result = Result(probabilities, masks, out["LABEL_MAP"], names, presence=info.get("presence", {}),
+                        presence_threshold=info.get("presence_threshold", 0.0))
+        result.timings = info["timings"]
+        if output == "probabilities":  # a class judged absent has an empty mask, as in process
+            for n in names:
+                if n in result.presence and not result.present(n):
+                    masks[n] = np.zeros_like(masks[n])
         return result
 
     def save_support(self, path: str | os.PathLike, classes: Sequence[str] | None = None) -> Path:
@@ -178,6 +194,29 @@ class RemoteSegmenter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_uint8(image: object, what: str) -> None:
+    dtype = getattr(image, "dtype", None)
+    if dtype is not None and dtype != np.uint8:
+        raise BadImageError(f"{what}: RemoteSegmenter sends 8-bit images, this one is {dtype}: convert it "
+                            "(np.clip(image, 0, 255).astype(np.uint8)), or use the in-process Segmenter")
+
+
+def read_token(path: str | os.PathLike) -> str:
+    """The token in a token file: its first line, stripped; an error naming the file if there is none."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise MissingFileError(f"token file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadArgumentError(f"token file {path} cannot be read: {exc}") from None
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if len(token) < 16:
+        raise BadArgumentError(f"token file {path} must hold a token of at least 16 characters on its first line "
+                               "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE)")
+    return token
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from sccan.sdk.errors import SCCANError
 
+from .protocol import TOKEN_ENV
+
 INSTALL_HINT = ("run inside NVIDIA's Triton container (tritonserver on PATH), or make a serving environment: "
                 "python3 -m venv .venv-serve && .venv-serve/bin/pip install 'sccan[serve]' (its nvidia-pytriton "
                 "wheel has tritonserver; it needs numpy<2, so keep it apart from numpy 2 environments) and pass "
@@ -107,13 +109,41 @@ def find_tritonserver(python: str | None = None) -> tuple[Path, Path, list[Path]
     return runtime / "bin" / "tritonserver", runtime / "backends", [libs], f"nvidia-pytriton ({root.parent})"
 
 
+#: Seconds tritonserver waits for in-flight requests when told to stop (its default is 30, over
+#: Kubernetes' default grace period); then the process group is killed.
+EXIT_TIMEOUT_S = 2
+#: Triton's APIs that nobody needs to reach from the network: loading and unloading models, shared
+#: memory, tracing, logging settings. They need the admin key (the token, or a random key).
+RESTRICTED_HTTP = "model-repository,shared-memory,trace,logging"
+RESTRICTED_GRPC = "model-repository,shared-memory,trace,logging"
+ADMIN_HEADER = "sccan-admin-key"
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 class TritonServer:
     """A ``tritonserver`` process on ``repo``: ``start()``, ``wait_ready()``, ``stop()``; a context
-    manager that does all three. Logs go to ``log`` (default ``REPO/../<repo>.tritonserver.log``)."""
+    manager that does all three. Logs go to ``log`` (default ``REPO/../<repo>.tritonserver.log``).
+
+    ``address`` is where its HTTP, gRPC and metrics endpoints listen (loopback by default; anyone
+    who reaches them may segment, and, without a token, register and remove classes). With
+    ``token_file``, the commands that change the classes need that token
+    (:data:`sccan.serve.protocol.PROTECTED`). Triton's model-repository, shared-memory, trace and
+    logging APIs are always restricted to a key nobody else has (the token, or a random one)."""
 
     def __init__(self, repo: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, log: str | os.PathLike | None = None, verbose: bool = False,
-                 python: str | os.PathLike | None = None):
+                 python: str | os.PathLike | None = None, address: str = "127.0.0.1",
+                 token_file: str | os.PathLike | None = None):
         self.repo = Path(repo).resolve()
         if not (self.repo / "sccan" / "config.pbtxt").is_file():
             raise ServerError(f"{self.repo} is not a model repository made by `sccan triton` (no sccan/config.pbtxt)")
@@ -123,24 +153,48 @@ class TritonServer:
         self.python = str(python or sys.executable)
         self.process: subprocess.Popen | None = None
         self.origin = ""
+        self.address = address
+        self.token: str | None = None
+        if token_file is not None:
+            from .remote import read_token
+
+            self.token = read_token(token_file)
+        import secrets
+
+        self._admin_key = self.token or secrets.token_urlsafe(32)
+
+    @property
+    def _host(self) -> str:
+        if self.address in ("0.0.0.0", "::", ""):
+            return "localhost"
+        return f"[{self.address}]" if ":" in self.address else self.address
 
     @property
     def http_url(self) -> str:
-        return f"localhost:{self.http_port}"
+        return f"{self._host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.grpc_port}"
+        return f"{self._host}:{self.grpc_port}"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         binary, backends, libs, self.origin = find_tritonserver(self.python)
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([str(Path(self.python).parent), env.get("PATH", "")])
+        env.pop(TOKEN_ENV, None)
+        if self.token is not None:
+            import hashlib
+
+            env[TOKEN_ENV] = hashlib.sha256(self.token.encode()).hexdigest()
         if libs:
             env["LD_LIBRARY_PATH"] = os.pathsep.join([*map(str, libs), env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
         cmd = [str(binary), f"--model-repository={self.repo}", f"--backend-directory={backends}",
                f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                f"--metrics-port={self.metrics_port}", "--allow-metrics=true", "--exit-on-error=true",
+               f"--http-address={self.address}", f"--grpc-address={self.address}",
+               f"--metrics-address={self.address}", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+               f"--http-restricted-api={RESTRICTED_HTTP}:{ADMIN_HEADER}={self._admin_key}",
+               f"--grpc-restricted-protocol={RESTRICTED_GRPC}:{ADMIN_HEADER}={self._admin_key}",
                f"--log-verbose={1 if self.verbose else 0}"]
         plugin = self.repo / "sccan" / "1" / "bundle" / "libsccan_trt_plugin.so"
         if plugin.is_file() and any(self.repo.glob("sccan_*/1/model.plan")):
@@ -180,24 +234,28 @@ class TritonServer:
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server and its Python-backend stubs (the whole process group)."""
+    def stop(self, timeout: float = EXIT_TIMEOUT_S + 1.0) -> None:
+        """Stop the server and its Python-backend stubs (the whole process group): SIGTERM, up to
+        ``timeout`` seconds for in-flight requests (the server's own exit timeout is shorter), then
+        SIGKILL; the process is reaped, so no zombie is left."""
         if self.process is None:
             return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
                 break
             try:
                 self.process.wait(wait)
-                # the stubs may outlive the server for a moment: end the group
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                break
             except subprocess.TimeoutExpired:
                 continue
             break
+        try:  # the stubs may outlive the server for a moment: end the group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.process.poll() is None:
+            self.process.wait(5.0)
 
     def __enter__(self) -> "TritonServer":
         self.start()

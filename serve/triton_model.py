@@ -23,9 +23,10 @@ from urllib.parse import quote
 import numpy as np
 
 from sccan.sdk import Segmenter
-from sccan.sdk.errors import BadArgumentError, BadImageError, BadMaskError, CorruptCacheError, SCCANError
+from sccan.sdk.errors import (BadArgumentError, BadImageError, BadMaskError, CorruptCacheError, SCCANError,
+                              UnauthorizedError)
 
-from .protocol import COMMANDS, OUTPUT_KINDS, error_message
+from .protocol import COMMANDS, OUTPUT_KINDS, PROTECTED, TOKEN_ENV, error_message
 
 SUFFIX = ".npz"
 
@@ -127,6 +128,8 @@ class TritonPythonModel:
                                    threads=int(params["threads"]) if params.get("threads") else None)
         self.store = SupportStore(support, self.segmenter)
         self.store.sync()
+        # sccan serve --token-file: the token's sha256, handed over in the environment (never the token).
+        self.token_sha256 = os.environ.get(TOKEN_ENV) or None
         if self.segmenter.backend.name != "triton-bls":  # warm-up: the first run allocates and plans
             size = self.segmenter.size
             self.segmenter.backend.run("backbone", {"images": np.zeros((1, 3, size, size), np.float32)})
@@ -161,8 +164,22 @@ class TritonPythonModel:
 
     # -- commands ------------------------------------------------------------------------------------
 
+    def _authorize(self, command: str, request: Any) -> None:
+        """With a token set, the commands that change the classes need it (compared in constant time)."""
+        if self.token_sha256 is None or command not in PROTECTED:
+            return
+        import hashlib
+        import hmac
+
+        token = self._input(request, "TOKEN")
+        given = hashlib.sha256(_bytes(token.reshape(-1)[0])).hexdigest() if token is not None else ""
+        if not hmac.compare_digest(given, self.token_sha256):
+            raise UnauthorizedError(f"{command} needs this server's token (RemoteSegmenter(..., token=...)); "
+                                    + ("the request had none" if token is None else "the request's token is wrong"))
+
     def _command(self, command: str, request: Any) -> dict[str, np.ndarray]:
         seg, store = self.segmenter, self.store
+        self._authorize(command, request)
         if command == "classes":
             return {"CLASSES": self._classes(self._registered())}
         if command == "add_class":
@@ -210,11 +227,12 @@ class TritonPythonModel:
         raise BadArgumentError(f"unknown command {command!r}; commands: {COMMANDS}")
 
     def _segment(self, items: list[tuple[int, np.ndarray]], classes: list[str] | None, threshold: float,
-                 kind: str) -> dict[int, Any]:
-        """Frames with the same classes and threshold: one backbone run for all of them. Per
+                 kind: str, presence_threshold: float | None = None) -> dict[int, Any]:
+        """Frames with the same classes and thresholds: one backbone run for all of them. Per
         request index: its outputs, or the error of its frame."""
         try:
-            results = self.segmenter.segment_batch([image for _, image in items], classes, threshold)
+            results = self.segmenter.segment_batch([image for _, image in items], classes, threshold,
+                                                   presence_threshold=presence_threshold)
         except SCCANError:
             if len(items) == 1:
                 raise
@@ -222,14 +240,15 @@ class TritonPythonModel:
             out: dict[int, Any] = {}
             for i, image in items:
                 try:
-                    out.update(self._segment([(i, image)], classes, threshold, kind))
+                    out.update(self._segment([(i, image)], classes, threshold, kind, presence_threshold))
                 except SCCANError as exc:
                     out[i] = exc
             return out
         out = {}
         for (i, _), r in zip(items, results):
             stacked = np.stack([(r.probabilities if kind == "probabilities" else r.masks)[n] for n in r.classes])
-            info = {"timings": r.timings, "batch": len(items)}
+            info = {"timings": r.timings, "batch": len(items), "presence": r.presence,
+                    "presence_threshold": r.presence_threshold}
             out[i] = {"PROBABILITIES" if kind == "probabilities" else "MASKS": stacked, "LABEL_MAP": r.label_map,
                       "CLASSES": self._classes(r.classes),
                       "INFO": np.array([json.dumps(info).encode()], dtype=np.object_)}
@@ -256,14 +275,15 @@ class TritonPythonModel:
                 if kind not in OUTPUT_KINDS:
                     raise BadArgumentError(f"OUTPUT_KIND must be one of {OUTPUT_KINDS}, got {kind!r}")
                 names = self._names(request) or self._registered()
+                presence = self._input(request, "PRESENCE_THRESHOLD")
                 key = (tuple(names), float(threshold.reshape(-1)[0]) if threshold is not None
-                       else 0.5, kind)
+                       else 0.5, kind, float(presence.reshape(-1)[0]) if presence is not None else None)
                 groups.setdefault(key, []).append((i, image))
             except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error
                 responses[i] = self._error(exc)
-        for (names, threshold, kind), items in groups.items():
+        for (names, threshold, kind, presence), items in groups.items():
             try:
-                for i, outputs in self._segment(items, list(names), threshold, kind).items():
+                for i, outputs in self._segment(items, list(names), threshold, kind, presence).items():
                     responses[i] = self._error(outputs) if isinstance(outputs, Exception) else self._response(outputs)
             except Exception as exc:  # noqa: BLE001
                 for i, _ in items:

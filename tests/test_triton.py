@@ -158,3 +158,114 @@ def test_graphs_as_models_called_through_bls(small_export, tmp_path):
         with pytest.raises(UnknownClassError):
             remote.segment(frames[0], classes=["bottle"])
 
+
+
+#: 127.0.0.1 as /proc/net/tcp writes it, and as tcp6 writes ::ffff:127.0.0.1 and ::1
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def _listening(port: int) -> set[str]:
+    """The local addresses a TCP port listens on (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # LISTEN
+                found.add(address)
+    return found
+
+
+def _left_behind(repo) -> list[str]:
+    """Processes whose command line names the repository (tritonserver, its Python-backend stubs)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        if str(repo) in cmd and "pytest" not in cmd:
+            out.append(f"{pid}: {cmd[:120]}")
+    return out
+
+
+def test_server_listens_on_loopback_and_guards_class_changes_with_a_token(small_export, tmp_path):
+    from sccan.sdk.errors import UnauthorizedError
+
+    _, bundle = small_export
+    repo = make_repository(bundle, tmp_path / "repo")
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-of-the-robot-fleet\n")
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(repo, http, grpc, metrics, python=SERVE_PYTHON, token_file=token) as server:
+        for port in (http, grpc, metrics):  # 127.0.0.1 (or IPv6's mapped form of it), never 0.0.0.0 or ::
+            assert _listening(port) and _listening(port) <= LOOPBACK, (port, _listening(port))
+        image, mask = scene(0)
+        anonymous = RemoteSegmenter(server.http_url)
+        with pytest.raises(UnauthorizedError, match="had none"):
+            anonymous.add_class("cup", [image], [mask])
+        with pytest.raises(UnauthorizedError, match="wrong"):
+            RemoteSegmenter(server.grpc_url, "grpc", token="not-the-token-at-all").add_class("cup", [image], [mask])
+        owner = RemoteSegmenter(server.grpc_url, "grpc", token_file=token)
+        owner.add_class("cup", [image], [mask])
+        assert anonymous.classes == ["cup"]  # reading and segmenting need no token
+        result = anonymous.segment(scene(1)[0])
+        assert set(result.presence) == {"cup"} and 0.0 <= result.presence["cup"] <= 1.0
+        for saved in (tmp_path / "x.npz",):
+            anonymous.save_support(saved)
+            with pytest.raises(UnauthorizedError):
+                anonymous.load_support(saved)
+        with pytest.raises(UnauthorizedError):
+            anonymous.remove_class("cup")
+        assert anonymous.classes == ["cup"]  # refused requests changed nothing
+        # Triton's model control is restricted to the key: refused without it.
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"http://{server.http_url}/v2/repository/index", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(request, timeout=10)
+        owner.remove_class("cup")
+        assert anonymous.classes == []
+
+
+def test_sccan_serve_stops_within_5_s_of_sigterm_and_leaves_no_process(small_export, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    _, bundle = small_export
+    repo = make_repository(bundle, tmp_path / "repo")
+    token = tmp_path / "token"
+    token.write_text("another-token-for-the-serve-test\n")
+    http, grpc, metrics = free_ports(3)
+    cli = subprocess.Popen([sys.executable, "-m", "sccan.sdk.cli", "serve", str(repo), "--python", SERVE_PYTHON,
+                            "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+                            "--address", "0.0.0.0", "--token-file", str(token)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        for line in cli.stdout:
+            if line.startswith("ready") or time.monotonic() > deadline:
+                break
+        assert line.startswith("ready"), cli.stderr.read()[-2000:]
+        assert _listening(http) & {"00000000", "00000000000000000000000000000000"}  # every interface, as asked
+        RemoteSegmenter(f"127.0.0.1:{http}").classes  # it serves
+        started = time.monotonic()
+        cli.send_signal(signal.SIGTERM)
+        code = cli.wait(30)
+        took = time.monotonic() - started
+        warning = cli.stderr.read()
+    finally:
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGKILL)
+    print(f"sccan serve stopped {took:.1f} s after SIGTERM")
+    assert code == 0 and took <= 5.0, (code, took)
+    assert not _left_behind(repo), _left_behind(repo)
+    assert "warning: listening on 0.0.0.0" in warning and "needs the token" in warning
