@@ -147,4 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     real.add_argument("--mask", help="the first frame's mask (folder of frames or video file)")
     real.add_argument("--frames", type=int, default=60, help="frames to read at most (default 60)")
     real.add_argument("--fps", type=float, default=6.0, help="frame rate of the MP4 (default 6)")
+    real.add_argument("--memory", type=int, default=0, metavar="M",
+                      help="track mode: up to M confident frames join the object's support as the clip goes on; "
+                           "prints J with and without it")
     p.set_defaults(func=run)

@@ -76,6 +76,22 @@ def load_clip(video: Path, sequence: str | None, mask: Path | None, max_frames: 
     return video.stem, frames, first, [None] * (len(frames) - 1)
 
 
+def _plain_j(seg: Segmenter, name: str, frames: list[np.ndarray], first_mask: np.ndarray,
+             truths: list[np.ndarray | None]) -> float:
+    """J over the clip without track mode, with the same Segmenter (its memory left empty)."""
+    from sccan.train.video import region_similarity
+
+    h, w = frames[0].shape[:2]
+    scores = []
+    for frame, truth in zip(frames[1:], truths):
+        if truth is None:
+            continue
+        if frame.shape[:2] != (h, w):
+            frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        scores.append(region_similarity(seg.segment(frame, classes=[name]).masks[name].astype(np.uint8), truth))
+    return float(np.mean(scores))
+
+
 def run_real(args: argparse.Namespace) -> int:
     from sccan.train.video import _tile, boundary_measure, region_similarity
 
@@ -96,11 +112,16 @@ def run_real(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"[1/3] exporting the real-photo edge model {checkpoint.name} ({REAL_SIZE} px) with the parity gate...")
-    bundle = export_bundle(checkpoint, work / "bundle", size=REAL_SIZE, max_shots=2, max_classes=2,
+    memory = int(getattr(args, "memory", 0) or 0)
+    if memory < 0:
+        raise SCCANError(f"--memory must be 0 or more shot slots, got {memory}")
+    bundle = export_bundle(checkpoint, work / "bundle", size=REAL_SIZE, max_shots=max(2, 1 + memory), max_classes=2,
                            check_episodes=1, fp16=False, force=True, progress=not args.quiet).bundle
-    seg = Segmenter(bundle, backend="onnxruntime")
-    print(f"[2/3] registering '{name}' from its first frame, segmenting {len(frames) - 1} more (ONNX Runtime, CPU)...")
+    seg = Segmenter(bundle, backend="onnxruntime", memory=memory)
+    print(f"[2/3] registering '{name}' from its first frame, segmenting {len(frames) - 1} more (ONNX Runtime, CPU)"
+          + (f", track mode with {memory} remembered frame(s)..." if memory else "..."))
     seg.add_class(name, [frames[0]], [first_mask])
+    plain_j = _plain_j(seg, name, frames, first_mask, truths) if memory and any(t is not None for t in truths) else None
     h, w = frames[0].shape[:2]
     video_path = work / "real_demo.mp4"
     writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), args.fps, (w, h))
@@ -108,7 +129,7 @@ def run_real(args: argparse.Namespace) -> int:
     for frame, truth in zip(frames[1:], truths):
         if frame.shape[:2] != (h, w):
             frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
-        result = seg.segment(frame, classes=[name])
+        result = seg.segment(frame, classes=[name], remember=bool(memory))
         timings.append(result.timings)
         mask = result.masks[name].astype(np.uint8)
         if writer.isOpened():
@@ -127,6 +148,7 @@ def run_real(args: argparse.Namespace) -> int:
           f"and {strip} (support in blue, predictions in red, truth outlined in green)")
     print(f"median latency per {w} x {h} frame (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in median.items()))
     if j:
-        print(f"J mean {np.mean(j):.3f}, F mean {np.mean(f):.3f} over {len(j)} frames of {name}")
+        print(f"J mean {np.mean(j):.3f}, F mean {np.mean(f):.3f} over {len(j)} frames of {name}"
+              + (f" with track mode (memory {memory}); without it J mean {plain_j:.3f}" if plain_j is not None else ""))
     print(f"bundle:   {bundle}\ntotal:    {time.perf_counter() - started:.0f} s")
     return 0

@@ -275,3 +275,16 @@ def test_soak_gate_fails_on_memory_kept_after_the_warm_up():
     for leak in (True, False):
         short = _soak(Stub(leak=leak), 400, (48, 64), bar)
         assert short["ok"] is None and short["warmup_frames"] == 40 and short["class_changes"] == 8
+
+
+def test_documents_speak_to_users():
+    """The README stays short, and no document narrates the work: no session numbers, no issue
+    numbers, no "this machine" (a figure names its host kind instead)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    diary = re.compile(r"\bsession \d|\bissue \d|\bthis machine\b|\bround of work", re.IGNORECASE)
+    for path in [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        found = [line for line in path.read_text().splitlines() if diary.search(line)]
+        assert not found, (path.name, found[:3])

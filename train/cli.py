@@ -97,7 +97,23 @@ def run_video_eval(args: argparse.Namespace) -> int:
 
     shots = args.shots or 1
     sequences = list_sequences(args.video_root, args.sequences.split(",") if args.sequences else None)
-    if args.bundle:
+    if args.memory and not args.bundle:
+        print("sccan eval: --memory (track mode) runs through the SDK: give --bundle", file=sys.stderr)
+        return 2
+    if args.memory:
+        from sccan.sdk import Segmenter
+
+        from .evaluate import tracking_predictor
+
+        segmenter = Segmenter(args.bundle, backend=args.backend, precision=args.precision)
+        if shots + args.memory > segmenter.max_shots:
+            print(f"sccan eval: {shots} shot(s) and --memory {args.memory} exceed the bundle's {segmenter.max_shots} "
+                  f"shot slots (export with --max-shots {shots + args.memory})", file=sys.stderr)
+            return 2
+        predict = tracking_predictor(Segmenter(segmenter.bundle, backend=segmenter.backend, memory=args.memory))
+        source = {"bundle": str(args.bundle), "backend": segmenter.backend.name,
+                  "precision": segmenter.backend.precision, "size": segmenter.size, "memory": args.memory}
+    elif args.bundle:
         predict = bundle_predictor(args.bundle, backend=args.backend, precision=args.precision)
         if shots > predict.segmenter.max_shots:
             print(f"sccan eval: {shots} shots exceed the bundle's maximum of {predict.segmenter.max_shots}",
@@ -156,6 +172,9 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
                    help="a control: each query segmented with another object's support (--video-root: the next "
                         "sequence's; episodes: the next episode of another class); what stays is what the model "
                         "finds without its support")
+    p.add_argument("--memory", type=int, default=0, metavar="M",
+                   help="--video-root with --bundle: track mode, up to M confident frames join each sequence's "
+                        "support (the bundle needs shots + M shot slots)")
     p.add_argument("--output", help="directory for eval.json, eval.txt and episodes.png")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)

@@ -111,6 +111,25 @@ def segmenter_predictor(segmenter) -> Predictor:
     return predict
 
 
+def tracking_predictor(segmenter) -> Predictor:
+    """Track mode through an existing Segmenter made with ``memory``: a sequence's support is
+    registered once (when the episode's support list changes) and every query is segmented with
+    ``remember=True``, so confident frames join the support as the sequence goes on. For
+    :func:`sccan.train.video.evaluate_videos`, which hands every query of a sequence the same list."""
+    state = {"support": None}
+
+    def predict(episode: Episode) -> np.ndarray:
+        if episode.support is not state["support"]:
+            segmenter.add_class("episode", episode.support, [label == 1 for label in episode.support_labels],
+                                color="rgb")
+            segmenter.reset_memory()
+            state["support"] = episode.support
+        return segmenter.segment(episode.query, color="rgb", remember=True).masks["episode"].astype(np.int64)
+
+    predict.segmenter = segmenter
+    return predict
+
+
 def prior_predictor(model: SCCAN, size: int, threshold: float = 0.5, device: str = "cpu") -> Predictor:
     """The prior mask alone (no trained parameters: backbone features only), thresholded."""
     model = model.eval()
