@@ -165,6 +165,10 @@ class Case:
     #: TensorRT only: GPU time per stage from CUDA events (copies excluded), and device memory in use
     device_stages: dict[str, dict[str, float]] | None = None
     device_memory_mb: float | None = None
+    #: track mode (--memory): the frame's total with remember=True, timed alternately with the plain
+    #: frames of the same case, and its mean over the plain frames' mean
+    memory_total: dict[str, float] | None = None
+    memory_ratio: float | None = None
 
     @property
     def label(self) -> str:
@@ -185,6 +189,7 @@ class BenchResult:
     baseline_note: str = ""
     soak: dict[str, Any] | None = None
     gpu: str | None = None  # the GPU's name, on the TensorRT backend
+    memory: int = 0  # track mode's slots (--memory), 0 when not measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +213,11 @@ class BenchResult:
                 lines.append(f"{c.label}: GPU (CUDA events) backbone {c.device_stages['backbone']['median_ms']:.2f} ms, "
                              f"decode {c.device_stages['decode']['median_ms']:.2f} ms; device memory in use "
                              f"{c.device_memory_mb:.0f} MiB")
+        for c in self.cases:
+            if c.memory_total is not None:
+                lines.append(f"{c.label}: track mode (remember=True, memory {self.memory}) median "
+                             f"{c.memory_total['median_ms']:.1f} ms a frame; mean {c.memory_ratio:.3f} x the frame "
+                             "without it (same run, alternating)")
         for c in self.cases:
             if c.decoder_gflops is not None:
                 lines.append(f"{c.label}: decoder {c.decoder_gflops:.0f} GFLOP/s "
@@ -240,7 +250,8 @@ DEVICE_STAGES = {"backbone": ("backbone",), "decode": ("query_decoder",)}
 
 
 def _time_frames(seg: Segmenter, frame: np.ndarray, names: list[str], frames: int, warmup: int, bar: tqdm,
-                 between: Callable[[], None] | None = None, runs_between: int = 0
+                 between: Callable[[], None] | None = None, runs_between: int = 0,
+                 remembered: list[float] | None = None
                  ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Host seconds per stage and frame; with a TensorRT backend also GPU seconds per stage
     (CUDA events around each engine's execution). ``between`` (the baseline) is called
@@ -268,6 +279,8 @@ def _time_frames(seg: Segmenter, frame: np.ndarray, names: list[str], frames: in
         bar.update()
         for _ in range(schedule.get(i, 0)):
             between()
+        if remembered is not None:  # track mode: a remembering frame after each plain one
+            remembered.append(seg.segment(frame, classes=names, remember=True).timings["total"])
     if device:
         seg.backend.device_timing = False
     return times, gpu
@@ -277,11 +290,16 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
                   shots: Sequence[int] = (1,), classes: Sequence[int] = (1,),
                   frames_sizes: Sequence[tuple[int, int]] = ((480, 640),), frames: int = 20, warmup: int = 3,
                   threads: int | None = None, baseline: bool = True, soak: int = 0,
-                  progress: bool = True) -> BenchResult:
-    """Measure the SDK on ``bundle``; see the module docstring."""
+                  progress: bool = True, memory: int = 0) -> BenchResult:
+    """Measure the SDK on ``bundle``; see the module docstring. ``memory``: also time track mode
+    (frames that remember, alternating with plain ones; every frame confident enough to enter,
+    the worst case) and run the soak with it."""
     if frames < 1 or warmup < 0 or soak < 0:
         raise BadArgumentError("frames must be at least 1, warmup and soak at least 0")
-    seg = Segmenter(bundle, backend=backend, precision=precision, threads=threads)
+    seg = Segmenter(bundle, backend=backend, precision=precision, threads=threads, memory=memory,
+                    memory_confidence=0.0)
+    if memory and max(shots) + memory > seg.max_shots:
+        raise BadArgumentError(f"--shots {max(shots)} and --memory {memory} exceed the bundle's {seg.max_shots} shot slots")
     if max(shots) > seg.max_shots:
         raise BadArgumentError(f"--shots {max(shots)} exceeds the bundle's maximum of {seg.max_shots}")
     cost = seg.bundle.manifest.get("cost_gflops", {})
@@ -317,7 +335,12 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
                 seconds.append(time.perf_counter() - t)
                 bar.update()
 
-        times, gpu = _time_frames(seg, frame, names, frames, warmup, bar, between, max(3, frames // 4))
+        remembered: list[float] | None = [] if memory else None
+        times, gpu = _time_frames(seg, frame, names, frames, warmup, bar, between, max(3, frames // 4), remembered)
+        if remembered:
+            case.memory_total = summary(remembered)
+            # Means, not medians: only every memory_every-th remembering frame pays the re-encoding.
+            case.memory_ratio = float(np.mean(remembered) / np.mean(times["total"]))
         if seconds:
             baseline_cache[key] = summary(seconds)
         case.stages = {s: summary(times[s]) for s in STAGES}
@@ -343,7 +366,7 @@ def run_benchmark(bundle: str | os.PathLike, backend: str = "auto", precision: s
 
         gpu = next((d["name"] for d in cuda_devices()[0] if d["index"] == seg.backend.device), None)
     return BenchResult(str(bundle), seg.backend.name, seg.backend.precision, threads, frames, ceiling, cases,
-                       ceiling_note, peak_rss_mb(), note, soak_result, gpu)
+                       ceiling_note, peak_rss_mb(), note, soak_result, gpu, memory)
 
 
 #: The soak replaces one of ``SOAK_SLOTS`` classes every ``SOAK_EVERY`` frames.
@@ -388,7 +411,7 @@ def _soak(seg: Segmenter, frames: int, size: tuple[int, int], bar: tqdm) -> dict
             frame, mask = scenes[slot]
             seg.add_class(name, [frame], [mask])
             changes += 1
-        seg.segment(scenes[i % SOAK_SLOTS][0])
+        seg.segment(scenes[i % SOAK_SLOTS][0], remember=bool(seg.memory))
         bar.update()
         if i + 1 == warm:
             rss_warm = current_rss_mb()
@@ -516,7 +539,7 @@ def run(args) -> int:
                            shots=parse_list(args.shots, "--shots"), classes=parse_list(args.classes, "--classes"),
                            frames_sizes=parse_frames(args.frame), frames=args.frames, warmup=args.warmup,
                            threads=args.threads, baseline=not args.no_baseline, soak=args.soak,
-                           progress=not args.quiet)
+                           progress=not args.quiet, memory=args.memory)
     print(result.table())
     if args.output:
         files = write_report(result, args.output)
@@ -543,6 +566,9 @@ def register(sub) -> None:
     p.add_argument("--soak", type=int, default=0,
                    help="also run N frames with classes added and removed; exit 1 if memory grows by 2%% or more "
                         "after the warm-up (N over 400; shorter soaks are reported, not judged)")
+    p.add_argument("--memory", type=int, default=0, metavar="M",
+                   help="also time track mode with M remembered frames (alternating with plain frames, every frame "
+                        "remembered as the Segmenter's memory_every allows), and run the soak with it")
     p.add_argument("--output", help="directory for bench.json, bench.txt and the PNG charts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -304,3 +304,15 @@ def test_the_real_model_says_an_absent_object_is_absent(real_model):
 def judged_apart(scores: np.ndarray, threshold: float) -> bool:
     """Every object present in its own photo, and at least 80% of the others' photos judged absent."""
     return bool((np.diag(scores) >= threshold).all() and (scores[~np.eye(len(scores), dtype=bool)] < threshold).mean() >= 0.8)
+
+
+def test_bench_times_track_mode_beside_plain_frames(bundle):
+    from sccan.sdk.bench import run_benchmark
+
+    result = run_benchmark(bundle, shots=(1,), frames_sizes=((48, 64),), frames=4, warmup=1, baseline=False,
+                           progress=False, memory=2, soak=12)
+    case = result.cases[0]
+    assert case.memory_total is not None and case.memory_ratio > 0
+    assert "track mode" in result.table()
+    with pytest.raises(BadArgumentError):
+        run_benchmark(bundle, shots=(2,), frames=1, baseline=False, progress=False, memory=2)
