@@ -147,6 +147,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     real.add_argument("--mask", help="the first frame's mask (folder of frames or video file)")
     real.add_argument("--frames", type=int, default=60, help="frames to read at most (default 60)")
     real.add_argument("--fps", type=float, default=6.0, help="frame rate of the MP4 (default 6)")
+    real.add_argument("--absent-frames", type=int, default=3, metavar="N",
+                      help="on a DAVIS-layout folder, then segment N frames of the next sequence, where the object is "
+                           "absent, and print its presence there (default 3; 0: none)")
     real.add_argument("--memory", type=int, default=0, metavar="M",
                       help="track mode: up to M confident frames join the object's support as the clip goes on; "
                            "prints J with and without it")

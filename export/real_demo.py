@@ -48,6 +48,23 @@ def read_mask(path: Path) -> np.ndarray:
     return (read_mask_file(path) > 0).astype(np.uint8)
 
 
+def absent_frames(video: Path, name: str, count: int) -> tuple[str, list[np.ndarray]]:
+    """Frames where the clip's object is absent: the first ``count`` annotated frames of the next
+    sequence of a DAVIS-layout folder (another object); none for other inputs."""
+    if count <= 0 or not (video.is_dir() and (video / "JPEGImages").is_dir()):
+        return "", []
+    from sccan.train.video import list_sequences
+
+    sequences = list_sequences(video)
+    others = [s for s in sequences if s.name != name]
+    if not others:
+        return "", []
+    index = next((i for i, s in enumerate(sequences) if s.name == name), -1)
+    other = sequences[(index + 1) % len(sequences)] if index >= 0 and sequences[(index + 1) % len(sequences)].name != name \
+        else others[0]
+    return other.name, [read_image(p) for p in other.frames[:count]]
+
+
 def load_clip(video: Path, sequence: str | None, mask: Path | None, max_frames: int
               ) -> tuple[str, list[np.ndarray], np.ndarray, list[np.ndarray | None]]:
     """(name, BGR frames, the first frame's mask, truth masks of the later frames or None)."""
@@ -130,7 +147,7 @@ def run_real(args: argparse.Namespace) -> int:
         if frame.shape[:2] != (h, w):
             frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
         result = seg.segment(frame, classes=[name], remember=bool(memory))
-        timings.append(result.timings)
+        timings.append({**result.timings, "presence": result.presence[name]})
         mask = result.masks[name].astype(np.uint8)
         if writer.isOpened():
             writer.write(result.overlay(frame))
@@ -139,10 +156,23 @@ def run_real(args: argparse.Namespace) -> int:
             f.append(boundary_measure(mask, truth))
         if len(tiles) < 8:
             tiles.append(_tile(frame[..., ::-1], mask, truth))
+    # The object leaves: frames of another sequence, where the registered object is absent.
+    other, gone = absent_frames(Path(args.video), name, int(getattr(args, "absent_frames", 3) or 0))
+    present_scores = [t["presence"] for t in timings]
+    absent_scores, emptied = [], 0
+    for frame in gone:
+        frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) if frame.shape[:2] != (h, w) else frame
+        result = seg.segment(frame, classes=[name])
+        absent_scores.append(result.presence[name])
+        emptied += int(not result.masks[name].any())
+        if writer.isOpened():
+            writer.write(result.overlay(frame))
+        if len(tiles) < 10:
+            tiles.append(_tile(frame[..., ::-1], result.masks[name].astype(np.uint8), None))
     writer.release()
     strip = work / "real_demo_strip.png"
     cv2.imwrite(str(strip), np.concatenate(tiles, axis=1)[..., ::-1])
-    median = {k: 1000 * float(np.median([t[k] for t in timings])) for k in timings[0]}
+    median = {k: 1000 * float(np.median([t[k] for t in timings if k in t])) for k in timings[0] if k != "presence"}
     print(f"[3/3] wrote {video_path if video_path.is_file() and video_path.stat().st_size else '(no MP4: '}"
           f"{'' if video_path.is_file() and video_path.stat().st_size else 'this OpenCV cannot write mp4v)'} "
           f"and {strip} (support in blue, predictions in red, truth outlined in green)")
@@ -150,5 +180,10 @@ def run_real(args: argparse.Namespace) -> int:
     if j:
         print(f"J mean {np.mean(j):.3f}, F mean {np.mean(f):.3f} over {len(j)} frames of {name}"
               + (f" with track mode (memory {memory}); without it J mean {plain_j:.3f}" if plain_j is not None else ""))
+    threshold = seg.presence_threshold
+    print(f"presence of '{name}' (threshold {threshold:.2f}): median {np.median(present_scores):.3f} over its "
+          f"{len(present_scores)} frames" + (f"; {np.median(absent_scores):.3f} over {len(gone)} frames of {other}, "
+                                            f"where it is absent: {emptied} of {len(gone)} masks empty"
+                                            if gone else ""))
     print(f"bundle:   {bundle}\ntotal:    {time.perf_counter() - started:.0f} s")
     return 0
