@@ -59,17 +59,59 @@ def _check_support_args(args: argparse.Namespace) -> None:
         raise BadArgumentError("nothing to segment: give --class NAME --support IMAGE:MASK, or --load-support FILE")
 
 
-def _supports(args: argparse.Namespace) -> list[tuple[str, list, list]]:
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise BadArgumentError(f"{what} takes numbers separated by commas, got {text!r}") from None
+
+
+def parse_support(spec: str) -> tuple[str, dict]:
+    """``IMAGE:MASK``, ``IMAGE:box=x0,y0,x1,y1`` or ``IMAGE:points=x,y;x,y`` (optionally
+    ``;neg=x,y;...`` after the points, or after a box with ``:``) -> (image path, prompt: ``mask``
+    path, or ``box`` / ``points`` / ``negative_points``)."""
+    if ":" not in spec:
+        raise BadArgumentError(f"--support takes IMAGE:MASK, IMAGE:box=x0,y0,x1,y1 or IMAGE:points=x,y;..., "
+                               f"got {spec!r}")
+    image, rest = spec.split(":", 1) if ":box=" in spec or ":points=" in spec else spec.rsplit(":", 1)
+    if not (rest.startswith("box=") or rest.startswith("points=")):
+        return image, {"mask": rest}
+    prompt: dict = {}
+    for part in rest.split(":"):
+        key, _, value = part.partition("=")
+        if key == "box":
+            prompt["box"] = tuple(_numbers(value, "box="))
+        elif key == "points":
+            positive, negative = [], []
+            for item in value.split(";"):
+                target = negative if item.startswith("neg=") else positive
+                target.append(tuple(_numbers(item.removeprefix("neg="), "points=")))
+            prompt["points"], prompt["negative_points"] = positive or None, negative or None
+        else:
+            raise BadArgumentError(f"--support {spec!r}: unknown prompt {key!r} (box= or points=)")
+    return image, prompt
+
+
+def _supports(args: argparse.Namespace, seg=None) -> list[tuple[str, list, dict]]:
+    """Per class: its images and either its masks (``{"masks": [...]}``) or its prompts."""
     out = []
-    for name, pairs in args.classes or []:
-        images, masks = [], []
-        for pair in pairs:
-            if ":" not in pair:
-                raise BadArgumentError(f"--support takes IMAGE:MASK (two paths joined by ':'), got {pair!r}")
-            image_path, mask_path = pair.rsplit(":", 1)
+    for name, specs in args.classes or []:
+        images, masks, prompts = [], [], []
+        for spec in specs:
+            image_path, prompt = parse_support(spec)
             images.append(read_image(image_path))
-            masks.append(read_mask(mask_path))
-        out.append((name, images, masks))
+            if "mask" in prompt:
+                masks.append(read_mask(prompt["mask"]))
+            else:
+                prompts.append(prompt)
+        if masks and prompts:
+            raise BadArgumentError(f"--class {name}: give every --support a mask, or every one a box / points")
+        if masks:
+            out.append((name, images, {"masks": masks}))
+        else:
+            out.append((name, images, {"boxes": [p.get("box") for p in prompts],
+                                       "points": [p.get("points") for p in prompts],
+                                       "negative_points": [p.get("negative_points") for p in prompts]}))
     return out
 
 
@@ -91,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
                     cuda_graph=args.cuda_graph, presence_threshold=presence)
     if args.load_support:
         seg.load_support(args.load_support)
-    for name, images, masks in supports:
-        seg.add_class(name, images, masks)
+    for name, images, given in supports:
+        seg.add_class(name, images, **given)
     source = open_source(args.input)
     if args.save_support:
         seg.save_support(args.save_support)
@@ -144,7 +186,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "options) for several classes")
     p.add_argument("--support", action=_SupportAction, metavar="IMAGE:MASK", dest="pending", default=[],
                    help="an example image and its mask (any non-zero pixel is the object), for the --class before "
-                        "it; repeat for more shots")
+                        "it; or IMAGE:box=x0,y0,x1,y1 (pixels) or IMAGE:points=x,y;x,y;neg=x,y (clicks on, and "
+                        "off, the object) instead of a mask; repeat for more shots")
     p.add_argument("--load-support", metavar="FILE",
                    help="support file from --save-support (instead of, or besides, --support)")
     p.add_argument("--save-support", metavar="FILE", help="write the registered classes' support features here (.npz)")

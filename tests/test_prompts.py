@@ -97,3 +97,23 @@ def test_bad_prompts_through_add_class_change_nothing(bundle):
         seg.add_class("kept", [np.full((60, 80, 3), 128, np.uint8)], boxes=[(10, 10, 40, 40)])
     assert seg.classes == ["kept"]
     np.testing.assert_array_equal(seg.support_features("kept")["prototype"], kept)
+
+
+def test_sccan_segment_takes_a_box_or_clicks_for_a_support(bundle, tmp_path):
+    import subprocess
+
+    import cv2
+
+    image, _ = photo()
+    cv2.imwrite(str(tmp_path / "disc.png"), image)
+    for spec in ("box=55,25,125,95", "points=90,60;neg=10,10", "box=55,25,125,95:points=90,60"):
+        out = subprocess.run(["sccan", "segment", "--bundle", str(bundle), "--class", "disc", "--support",
+                              f"{tmp_path / 'disc.png'}:{spec}", "--input", str(tmp_path / "disc.png"), "--output",
+                              str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and "classes ['disc']" in out.stdout, (spec, out.stderr[-1000:])
+    for spec, text in (("box=55,25", "(x0, y0, x1, y1)"), ("box=a,b,c,d", "numbers"), ("colour=red", "mask")):
+        out = subprocess.run(["sccan", "segment", "--bundle", str(bundle), "--class", "disc", "--support",
+                              f"{tmp_path / 'disc.png'}:{spec}", "--input", str(tmp_path / "disc.png"), "--output",
+                              str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (spec, out.stderr)
+        assert not (tmp_path / "bad").exists()
