@@ -95,6 +95,17 @@ def test_sccan_eval_video_root_on_two_sequences(small_export, tmp_path):
         assert all(0.0 <= v <= 1.0 for v in seq["j"] + seq["f"])
     assert f"J mean {report['j_mean']:.3f}, F mean {report['f_mean']:.3f}" in last
     assert (out / "strips" / "blackswan.png").stat().st_size > 10_000
+    # track mode through the same command: the memory is recorded, and it needs a bundle with room
+    run = subprocess.run([sys.executable, "-m", "sccan.sdk.cli", "eval", "--video-root", str(DAVIS),
+                          "--sequences", "blackswan", "--bundle", str(bundle), "--memory", "2", "--output",
+                          str(tmp_path / "memory"), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "memory" / "video_eval.json").read_text())["memory"] == 2
+    for args, text in ((["--bundle", str(bundle), "--memory", "3"], "exceed the bundle's 3 shot slots"),
+                       (["model.pt", "--memory", "2"], "give --bundle")):
+        run = subprocess.run([sys.executable, "-m", "sccan.sdk.cli", "eval", "--video-root", str(DAVIS), *args],
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 2 and text in run.stderr, run.stderr
 
 
 # -- YOLO-seg folders (the format robotics teams label in) ------------------------------------------
