@@ -241,3 +241,70 @@ def test_cross_support_episodes_keep_the_query_and_take_another_class_support():
     one_class = build_dataset({**data, "num_novel": 1}, "test", seed=4, episodes=3)
     with pytest.raises(ValueError, match="two classes"):
         CrossSupport(one_class)[0]
+
+
+DAVIS_TRAIN = REAL / "davis2016-train"
+
+
+@pytest.mark.skipif(not DAVIS_TRAIN.is_dir(), reason="needs ../shared/realdata/davis2016-train")
+def test_feature_cache_training_resumes_exactly_and_draws_negatives(tmp_path):
+    """The CPU recipe (train.feature_cache): features cached once; negative episodes have an empty
+    target and a query without the class; held-out photos never cached; an interrupted run resumed
+    equals an uninterrupted one, bit for bit."""
+    import shutil
+
+    from conftest import SMALL
+    from sccan.train.cached import CACHE_IGNORE, CachedEpisodes
+    from sccan.train.config import load_config
+    from sccan.train.data.yoloseg import load_names, parse_polygons
+    from sccan.train.trainer import train, weights_digest
+
+    videos = tmp_path / "videos"
+    for seq in ("bear", "boat", "bus"):  # three short training videos
+        for part, suffix in (("JPEGImages", "jpg"), ("Annotations", "png")):
+            (videos / part / seq).mkdir(parents=True)
+            for f in sorted((DAVIS_TRAIN / part / seq).glob(f"*.{suffix}"))[:3]:
+                shutil.copy(f, videos / part / seq)
+    sources = [{**yolo_section(name="coco"), "weight": 1.0}, {"name": "davis", "dataset": "video", "root": str(videos)}]
+
+    def config(output: str) -> dict:
+        return load_config(None, {"model": {"backbone": "resnet50", **SMALL}, "data": {
+            "dataset": "mixed", "size": 65, "shots": 1, "max_side": 200, "sources": [yolo_section(name="coco")],
+            "cache_sources": sources}, "train": {
+            "feature_cache": str(tmp_path / "cache"), "negative_ratio": 0.5, "ce_weight": 1.0, "max_steps": 4,
+            "batch_size": 3, "checkpoint_every": 2, "log_every": 1, "seed": 5, "lr": 0.01, "transformer_lr": 1e-3},
+            "output": str(tmp_path / output)})
+
+    torch.manual_seed(0)
+    whole = train(config("whole"), progress=False)
+    episodes = CachedEpisodes(tmp_path / "cache", 5, 0.5, [1.0, 1.0])
+    names = load_names(COCO128)
+    held = {n for n in HELD_OUT}
+    for photo in episodes.photos:  # no held-out class in any cached photo
+        if photo.source == 0:
+            label = COCO128 / "labels" / "train2017" / (Path(photo.image).stem + ".txt")
+            assert not held & {names[c] for c, _ in parse_polygons(label)}
+    draws = [episodes.draw(step, slot) for step in range(30) for slot in range(3)]
+    negatives = [d for d in draws if d[3]]
+    assert 0.3 < len(negatives) / len(draws) < 0.7
+    for s, q, cls, negative, _, _ in draws:
+        if negative:
+            assert cls not in episodes.photos[q].all_classes
+            if episodes.photos[s].group >= 0:  # a video's negative is another video's frame
+                assert episodes.photos[q].group != episodes.photos[s].group
+        else:
+            assert cls in episodes.photos[q].classes and s != q
+    batch = episodes.batch(0, 3)
+    for k, negative in enumerate(batch["negative"].tolist()):
+        target = batch["query_label"][k]
+        assert set(target.unique().tolist()) <= ({0, 255} if negative else {0, 1, 255})
+    assert CACHE_IGNORE == 65535
+    # interrupted after 2 steps, then resumed: the same weights as the uninterrupted run
+    torch.manual_seed(0)
+    part = train(config("part"), progress=False, stop_after=2)
+    assert part.interrupted and part.steps == 2
+    resumed = train(config("part"), resume=part.last_checkpoint, progress=False)
+    from sccan.train.checkpoint import load_model
+
+    assert resumed.steps == whole.steps == 4
+    assert weights_digest(load_model(whole.last_checkpoint)) == weights_digest(load_model(resumed.last_checkpoint))
