@@ -30,10 +30,10 @@ def presence_scores(logits: np.ndarray, height: int, width: int,
     if logits.ndim != 4 or logits.shape[1] != 2:
         raise ValueError(f"logits must be C x 2 x S x S, got {logits.shape}")
     fg = (logits[:, 1, :height, :width] - logits[:, 0, :height, :width]).reshape(logits.shape[0], -1)
-    fg = fg.astype(np.float64)
     k = max(1, int(np.ceil(top_fraction * fg.shape[1])))
-    top = np.partition(fg, fg.shape[1] - k, axis=1)[:, fg.shape[1] - k:]
-    return (1.0 / (1.0 + np.exp(-top))).mean(axis=1)
+    top = np.partition(fg, fg.shape[1] - k, axis=1)[:, fg.shape[1] - k:].astype(np.float64)
+    with np.errstate(over="ignore"):  # exp of a large negative logit is inf, and 1 / inf is the right 0
+        return (1.0 / (1.0 + np.exp(-top))).mean(axis=1)
 
 
 __all__ = ["presence_scores", "PRESENCE_THRESHOLD", "PRESENCE_TOP_FRACTION"]
