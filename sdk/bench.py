@@ -401,6 +401,7 @@ def _soak(seg: Segmenter, frames: int, size: tuple[int, int], bar: tqdm) -> dict
     if not judged:  # too short to pass the first replacements: a tenth, as a smoke check, not judged
         warm = max(1, frames // 10)
     rss_warm, changes, trace = None, 0, []
+    track = bool(getattr(seg, "memory", 0))  # track mode: every frame may be remembered
     for i in range(frames):
         if i % SOAK_EVERY == 0:  # replace one class every SOAK_EVERY frames, cycling through the slots
             trace.append([i, current_rss_mb()])
@@ -411,7 +412,10 @@ def _soak(seg: Segmenter, frames: int, size: tuple[int, int], bar: tqdm) -> dict
             frame, mask = scenes[slot]
             seg.add_class(name, [frame], [mask])
             changes += 1
-        seg.segment(scenes[i % SOAK_SLOTS][0], remember=bool(seg.memory))
+        if track:
+            seg.segment(scenes[i % SOAK_SLOTS][0], remember=True)
+        else:
+            seg.segment(scenes[i % SOAK_SLOTS][0])
         bar.update()
         if i + 1 == warm:
             rss_warm = current_rss_mb()

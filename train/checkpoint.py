@@ -220,19 +220,31 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
-def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, presence_threshold: float | None = None) -> Path:
     """The weights of a training checkpoint without its optimiser and RNG state, and (Lite-0) without
-    the packaged backbone: what to ship (``python -m sccan.train.checkpoint SRC DST``)."""
+    the packaged backbone: what to ship (``python -m sccan.train.checkpoint SRC DST``).
+
+    ``presence_threshold`` records the presence threshold calibrated for the model (measured with
+    ``benchmarks/objects_apart.py``); ``sccan export`` copies it into the bundle, whose Segmenter
+    uses it by default. A value already in ``src`` is kept unless one is given."""
     obj = _read(src)
     model = _model_from(obj, src, None)
-    keep = {k: obj[k] for k in ("epoch", "step", "train_config") if k in obj}
+    keep = {k: obj[k] for k in ("epoch", "step", "train_config", "presence_threshold") if k in obj}
+    if presence_threshold is not None:
+        if not 0.0 <= float(presence_threshold) <= 1.0:
+            raise CheckpointError(f"presence threshold must be within [0, 1], got {presence_threshold}")
+        keep["presence_threshold"] = float(presence_threshold)
     return save_checkpoint(model, dst, packaged_backbone=model.config.backbone == "efficientnet_lite0", **keep)
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m sccan.train.checkpoint TRAINING_CHECKPOINT SHIPPED_CHECKPOINT")
-    out = slim_checkpoint(sys.argv[1], sys.argv[2])
+    parser = argparse.ArgumentParser(prog="python -m sccan.train.checkpoint",
+                                     description="keep a training checkpoint's weights only (what to ship)")
+    parser.add_argument("src", help="training checkpoint (last.pt)")
+    parser.add_argument("dst", help="the checkpoint to write")
+    parser.add_argument("--presence-threshold", type=float, help="record the model's calibrated presence threshold")
+    args = parser.parse_args()
+    out = slim_checkpoint(args.src, args.dst, args.presence_threshold)
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
