@@ -190,3 +190,26 @@ def test_help_loads_neither_torch_nor_onnx():
             "heavy = [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules]\nprint(heavy)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_build_in_a_venv_with_exactly_the_tensorrt_extra_minus_nvidia(fp32_bundle, tmp_path):
+    """A real environment with the base install and what the tensorrt extra adds besides NVIDIA's
+    packages (TensorRT, cuda-python, which need NVIDIA's hosts): `sccan build` reaches its TensorRT
+    check and says what to install, with no ImportError of anything else."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tensorrt"]
+    others = [r for r in extra if not r.startswith(("tensorrt", "cuda-python"))]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-e", str(root), *others],
+                         capture_output=True, text=True, timeout=1200)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    run = subprocess.run([str(venv / "bin" / "sccan"), "build", str(fp32_bundle)], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1, run.stderr[-2000:]
+    assert "needs TensorRT" in lines[0] and "Traceback" not in run.stderr, lines[0]
