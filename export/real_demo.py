@@ -168,7 +168,9 @@ def run_real(args: argparse.Namespace) -> int:
         if writer.isOpened():
             writer.write(result.overlay(frame))
         if len(tiles) < 10:
-            tiles.append(_tile(frame[..., ::-1], result.masks[name].astype(np.uint8), None))
+            # red: what it predicts where the object is absent (an all-zero truth: no green outline)
+            mask = result.masks[name].astype(np.uint8)
+            tiles.append(_tile(frame[..., ::-1], mask, np.zeros_like(mask)))
     writer.release()
     strip = work / "real_demo_strip.png"
     cv2.imwrite(str(strip), np.concatenate(tiles, axis=1)[..., ::-1])
