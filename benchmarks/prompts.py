@@ -13,7 +13,6 @@ so that ``--objects`` spread over the set.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
