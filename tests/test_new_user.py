@@ -213,3 +213,16 @@ def test_build_in_a_venv_with_exactly_the_tensorrt_extra_minus_nvidia(fp32_bundl
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert run.returncode == 2 and len(lines) == 1, run.stderr[-2000:]
     assert "needs TensorRT" in lines[0] and "Traceback" not in run.stderr, lines[0]
+
+
+def test_ros_node_without_rclpy_says_what_is_missing_in_one_line():
+    code = ("import importlib.abc, sys\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'rclpy':\n"
+            "            raise ModuleNotFoundError(name, name=name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from sccan.ros.cli import main\nsys.exit(main())")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1 and "rclpy" in lines[0], run.stderr
