@@ -74,7 +74,7 @@ def test_ros2_node_segments_what_the_sdk_segments_and_drops_stale_frames(real_bu
             if "segmenting" in line:
                 break
         config = {"frames": [str(p) for p in frames], "first_mask": str(masks[0]), "node_pid": node.pid,
-                  "burst_seconds": 6, "burst_hz": 50, "output": str(tmp_path)}
+                  "burst_seconds": 6, "burst_factor": 10, "output": str(tmp_path)}
         (tmp_path / "config.json").write_text(json.dumps(config))
         driver = subprocess.run([ROS_PYTHON, str(ROOT / "tests" / "ros_driver.py"), str(tmp_path / "config.json")],
                                 capture_output=True, text=True, env=env, timeout=600)
