@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -65,17 +66,39 @@ def small_model():
     return randomize_bn(build_model("resnet50", **SMALL))
 
 
+#: How much ``decisive`` scales the classifier: the small random ResNet-50's probabilities spread
+#: from 0.49-0.51 (std 0.004) to about 0.2-0.85 (std > 0.1), so a mistake anywhere before them shows.
+DECISIVE_SCALE = 40.0
+
+
+def decisive(model):
+    """Scale the final classifier of a random model so that its outputs spread over pixels (in place;
+    returns model). A random SCCAN's probabilities hardly move from 0.5: a constant passes any
+    tolerance, and reversed mean/std or swapped colours move them 20-30 x less than a tolerance of
+    1e-3. With the logits x 30 and no bias, half of a frame is background at 0.5 and the pipeline's
+    mistakes move the output 10-1000 x more than float32 rounding does. (Its FP16 graphs fail the
+    export's FP16 gate, 0.04 against 0.02: the scaled logits amplify FP16 storage rounding 40 x, so
+    the bundles made from it are FP32 only.)"""
+    with torch.no_grad():
+        model.cls_meta[3].weight.mul_(DECISIVE_SCALE)
+        model.cls_meta[3].bias.zero_()
+    return model
+
+
 @pytest.fixture(scope="session")
 def small_export(tmp_path_factory):
-    """(model, bundle path): the small random ResNet-50 SCCAN exported at 65 px, 3 shots, 2 classes
-    per decoder run. Shared by the SDK and CLI tests (one export per run)."""
+    """(model, bundle path): the small random ResNet-50 SCCAN, made decisive, exported at 65 px, 3
+    shots, 2 classes per decoder run. Shared by the SDK and CLI tests (one export per run)."""
     from sccan.export.exporter import export_bundle
     from sccan.train.model import build_model
 
     torch.manual_seed(0)
-    model = randomize_bn(build_model("resnet50", **SMALL))
+    model = decisive(randomize_bn(build_model("resnet50", **SMALL)))
+    shared = os.environ.get("SCCAN_TEST_SMALL_BUNDLE")  # tests/test_mutants.py: the parent's export, reused
+    if shared:
+        return model, Path(shared)
     bundle = export_bundle(model, tmp_path_factory.mktemp("sdk") / "bundle", size=65, max_shots=3,
-                           max_classes=2, check_episodes=1, progress=False).bundle
+                           max_classes=2, check_episodes=1, fp16=False, progress=False).bundle
     return model, bundle
 
 

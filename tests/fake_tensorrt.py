@@ -428,6 +428,7 @@ class FakeEngine:
         self.session = ort_session(model, providers=["CPUExecutionProvider"])
         self.cuda = cuda
         self.input_names, self.output_names, self.dims, self.types = _io(model)
+        self.plugin_ops = sorted({n.op_type for n in model.graph.node if n.domain == "sccan"})
         self.profiles = self.header["profiles"]  # [{input: [min, opt, max]}]
         self._shapes: dict[tuple, dict[str, tuple]] = {}
         self.contexts: weakref.WeakSet = weakref.WeakSet()
@@ -782,6 +783,9 @@ class FakeTensorRT(types.ModuleType):
             try:
                 engine = FakeEngine(bytes(data), self.cuda)
             except Exception:  # noqa: BLE001 - TensorRT returns None for a bad engine
+                return None
+            if engine.plugin_ops and PLUGIN_CREATOR not in self.registry.creators:
+                # real TensorRT: "getPluginCreator could not find plugin SccanPatchAlign version 1", None
                 return None
             self.engines.append(engine)
             return engine

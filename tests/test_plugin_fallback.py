@@ -90,7 +90,7 @@ def test_export_both_writes_a_plugin_decoder_equal_to_the_standard_one(both_bund
     assert Segmenter(both_bundle).backend.name == "onnxruntime"
 
 
-def test_auto_falls_back_to_the_plugin_when_the_parser_rejects_the_decoder(setup, capsys):
+def test_auto_falls_back_to_the_plugin_when_the_parser_rejects_the_decoder(setup, capsys, monkeypatch):
     path, trt, library, cache = setup
     op = standard_only_op(json.loads((path / MANIFEST).read_text()))
     trt.unsupported_ops = {op}
@@ -113,6 +113,15 @@ def test_auto_falls_back_to_the_plugin_when_the_parser_rejects_the_decoder(setup
     with pytest.raises(ParserRejection, match=rf"\({op}\)"):
         build_engines(path, BuildOptions(precisions=("fp32",), force=True, patch_align="standard-ops",
                                          timing_cache=cache), progress=False)
+    # in another process (a fresh TensorRT: no plugin registered), an engine using the plugin does not
+    # deserialise until the library is loaded, and the Segmenter loads the bundle's copy itself
+    cuda = FakeCudaRuntime()
+    fresh = FakeTensorRT(cuda)
+    install(monkeypatch, cuda, fresh)
+    engine = (path / manifest["engines"]["fp32"]["query_decoder"]["file"]).read_bytes()
+    assert fresh.Runtime(None).deserialize_cuda_engine(engine) is None
+    same_as_onnxruntime(path)
+    assert fresh.registry.creators
 
 
 def test_auto_falls_back_when_the_standard_decoder_fails_the_gate(setup):

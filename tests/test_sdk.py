@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,6 @@ import torch
 from conftest import scene
 from sccan.sdk import (BadArgumentError, BadImageError, BadMaskError, BundleMismatchError, CorruptCacheError, EmptyMaskError,
                        SCCANError, Segmenter, UnknownClassError)
-from sccan.sdk.preprocess import normalize, resize_image, resize_label
 
 SIZE, SHOTS = 65, 3
 
@@ -27,30 +27,63 @@ def seg(exported):
     return Segmenter(exported[1])
 
 
-def reference_probability(model, query_bgr, support_bgr, masks):
-    """The PyTorch model through the reference pipeline (test-time resize, evaluation path)."""
-    q, place = resize_image(query_bgr[..., ::-1], SIZE)
-    s = [resize_image(img[..., ::-1], SIZE)[0] for img in support_bgr]
-    m = [(resize_label((mk != 0).astype(np.uint8), SIZE) == 1).astype(np.float32) for mk in masks]
+#: The reference recipe's constants (sccan-reference.md), written here rather than read from the
+#: model or the SDK: RGB order, ImageNet mean and std in 0..255 units.
+REFERENCE_MEAN = np.array([0.485, 0.456, 0.406]) * 255
+REFERENCE_STD = np.array([0.229, 0.224, 0.225]) * 255
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "persam-examples" / "examples"
+
+
+def reference_probability(model, query_bgr, support_bgr, masks, size=SIZE):
+    """The PyTorch model through the reference pipeline, computed independently of the SDK's
+    preprocessing (numpy and OpenCV from the recipe in sccan-reference.md): RGB, the PFENet test-time
+    resize (longer side to ``size``, both sides floored to a multiple of 8, top-left on a canvas of
+    zeros, bilinear on float pixels), ``(x - mean) / std``; the logits resized with align corners to
+    the square of the longer side, cropped, softmax."""
+    def canvas(image, interpolation, fill):
+        h, w = image.shape[:2]
+        new_h, new_w = (max(8, int(n * size / max(h, w)) // 8 * 8) for n in (h, w))
+        out = np.full((size, size, *image.shape[2:]), fill, np.float32)
+        out[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=interpolation).reshape(
+            new_h, new_w, *image.shape[2:])
+        return out
+
+    def image_tensor(bgr):
+        rgb = canvas(bgr[:, :, [2, 1, 0]].astype(np.float32), cv2.INTER_LINEAR, 0)
+        return torch.from_numpy(((rgb - REFERENCE_MEAN) / REFERENCE_STD).astype(np.float32).transpose(2, 0, 1))
+
+    labels = [canvas((mk > 0).astype(np.uint8), cv2.INTER_NEAREST, 255) for mk in masks]
     with torch.no_grad():
-        logits = model(torch.from_numpy(normalize(q, model.mean, model.std))[None],
-                       torch.from_numpy(np.stack([normalize(x, model.mean, model.std) for x in s]))[None],
-                       torch.from_numpy(np.stack(m))[None]).numpy()
+        logits = model(image_tensor(query_bgr)[None], torch.stack([image_tensor(x) for x in support_bgr])[None],
+                       torch.from_numpy(np.stack([(lb == 1).astype(np.float32) for lb in labels]))[None])
     side = max(query_bgr.shape[:2])
-    full = torch.nn.functional.interpolate(torch.from_numpy(logits), size=(side, side), mode="bilinear",
+    full = torch.nn.functional.interpolate(logits, size=(side, side), mode="bilinear",
                                            align_corners=True)[0, :, :query_bgr.shape[0], :query_bgr.shape[1]]
     return torch.softmax(full, 0)[1].numpy()
 
 
+def photo(name: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A real photo (BGR) and its 0/255 mask, shrunk to ``width`` pixels wide: colour that matters."""
+    image = cv2.imread(str(PHOTOS / f"{name}.jpg"))
+    mask = cv2.imread(str(PHOTOS / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+    height = round(image.shape[0] * width / image.shape[1])
+    return (cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA),
+            cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST))
+
+
 def test_probabilities_match_pytorch(exported, seg):
+    """The SDK's probabilities equal the PyTorch model's through an independent reference pipeline,
+    on a model whose output spreads (std > 0.1) and real colour photos: reversed mean/std or swapped
+    colour order move them 10-100 x more than the tolerance (tests/test_mutants.py plants both)."""
     model, _ = exported
-    shots = [scene(1), scene(2, 64, 40)]  # shots of different sizes
-    query, _ = scene(3, 45, 80)
+    shots = [photo("duck_toy_00", 70), photo("duck_toy_01", 40)]  # shots of different sizes
+    query, _ = photo("duck_toy_02", 80)
     seg.add_class("thing", [s[0] for s in shots], [s[1] for s in shots])
     result = seg.segment(query)
     expected = reference_probability(model, query, [s[0] for s in shots], [s[1] for s in shots])
-    assert result.probabilities["thing"].shape == (45, 80)
-    np.testing.assert_allclose(result.probabilities["thing"], expected, atol=1e-3)
+    assert result.probabilities["thing"].shape == query.shape[:2]
+    assert expected.std() > 0.1  # decisive: a constant is far from it
+    np.testing.assert_allclose(result.probabilities["thing"], expected, atol=5e-5)
     assert set(result.timings) == {"preprocess", "backbone", "decode", "postprocess", "total"}
 
 
@@ -60,17 +93,24 @@ def test_multi_class_label_map_and_overlay(seg):
     seg.add_class("b", [b[0], scene(6)[0]], [b[1], scene(6)[1]])
     seg.add_class("c", [scene(7)[0]], [scene(7)[1]])  # 3 classes > max_classes 2: decoded in chunks
     query = scene(8)[0]
-    result = seg.segment(query, threshold=0.3)
+    result = seg.segment(query, threshold=0.6)
     assert result.classes == ["a", "b", "c"]
     stacked = np.stack([result.probabilities[n] for n in result.classes])
-    expected = np.where(stacked.max(0) > 0.3, stacked.argmax(0) + 1, 0)
+    expected = np.where(stacked.max(0) > 0.6, stacked.argmax(0) + 1, 0)
     np.testing.assert_array_equal(result.label_map, expected)
     for i, n in enumerate(result.classes):
-        np.testing.assert_array_equal(result.masks[n], result.probabilities[n] > 0.3)
+        np.testing.assert_array_equal(result.masks[n], result.probabilities[n] > 0.6)
     only_b = seg.segment(query, classes=["b"])
     np.testing.assert_allclose(only_b.probabilities["b"], result.probabilities["b"], atol=1e-5)
+    # the label map has background and the classes, and the overlay tints each class's pixels
+    assert (result.label_map == 0).mean() > 0.1 and len(np.unique(result.label_map)) >= 3, np.unique(result.label_map)
     out = result.overlay(query)
     assert out.shape == query.shape and out.dtype == np.uint8
+    inner = cv2.erode((result.label_map > 0).astype(np.uint8), np.ones((7, 7)))
+    moved = np.abs(out.astype(int) - query.astype(int)).max(2)
+    assert (moved[inner > 0] >= 10).mean() > 0.7, (moved[inner > 0] >= 10).mean()  # tinted
+    far = cv2.dilate((result.label_map > 0).astype(np.uint8), np.ones((9, 9))) == 0
+    assert far.sum() > 100 and (moved[far] == 0).mean() > 0.7  # background untouched (but for name boxes)
     seg.remove_class("a")
     assert seg.classes == ["b", "c"]
 
@@ -197,6 +237,56 @@ def test_replacing_a_class_replaces_its_cached_features(exported, seg):
     assert not np.allclose(got, alone(first))  # the two examples do give different answers
 
 
+def test_a_batch_of_frames_equals_frame_by_frame(seg):
+    """``segment_batch`` (what a server's batcher calls): frames of different sizes, more of them than
+    the backbone's image batch (two backbone runs), each result equal to ``segment``'s."""
+    seg.add_class("a", [scene(4)[0]], [scene(4)[1]])
+    seg.add_class("b", [scene(5)[0], scene(6)[0]], [scene(5)[1], scene(6)[1]])
+    frames = [scene(40 + i, 40 + 7 * i, 70 - 5 * i)[0] for i in range(SHOTS + 1)]
+    batch = seg.segment_batch(frames, threshold=0.6)
+    assert len(batch) == len(frames) and batch[0].timings["frames"] == SHOTS and batch[-1].timings["frames"] == 1
+    for frame, got in zip(frames, batch):
+        want = seg.segment(frame, threshold=0.6)
+        assert got.classes == want.classes and got.label_map.shape == frame.shape[:2]
+        for name in want.classes:
+            np.testing.assert_allclose(got.probabilities[name], want.probabilities[name], atol=1e-6)
+        np.testing.assert_array_equal(got.label_map, want.label_map)
+    assert not np.allclose(batch[0].probabilities["a"][:40, :60], batch[1].probabilities["a"][:40, :60], atol=1e-2)
+    assert seg.segment_batch([]) == []
+
+
+def test_rgb_colour_order_is_honoured_for_supports_and_frames(exported, seg):
+    """``color="rgb"`` for a support and for a frame gives what the BGR call gives on the swapped
+    image, and differs from reading the RGB image as BGR."""
+    image, mask = photo("cat_00", 60)
+    query = photo("cat_01", 70)[0]
+    seg.add_class("cat", [image], [mask])
+    want = seg.segment(query).probabilities["cat"]
+    rgb = Segmenter(exported[1])
+    rgb.add_class("cat", [np.ascontiguousarray(image[..., ::-1])], [mask], color="rgb")
+    got = rgb.segment(np.ascontiguousarray(query[..., ::-1]), color="rgb").probabilities["cat"]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    wrong = rgb.segment(np.ascontiguousarray(query[..., ::-1])).probabilities["cat"]  # RGB read as BGR
+    assert np.abs(wrong - want).max() > 1e-3
+
+
+def test_saving_some_classes_writes_only_those(exported, seg, tmp_path):
+    for i, name in enumerate(["a", "b", "c"]):
+        seg.add_class(name, [scene(50 + i)[0]], [scene(50 + i)[1]])
+    query = scene(53)[0]
+    before = seg.segment(query, classes=["c", "a"])
+    path = seg.save_support(tmp_path / "two.npz", classes=["c", "a"])
+    fresh = Segmenter(exported[1])
+    assert fresh.load_support(path) == ["c", "a"] and fresh.classes == ["c", "a"]
+    after = fresh.segment(query)
+    for name in ("a", "c"):
+        np.testing.assert_array_equal(after.probabilities[name], before.probabilities[name])
+    assert fresh.load_support(seg.save_support(tmp_path / "one.npz", classes="b")) == ["b"]
+    with pytest.raises(UnknownClassError):
+        seg.save_support(tmp_path / "bad.npz", classes=["a", "zzz"])
+    assert not (tmp_path / "bad.npz").exists()
+
+
 # -- every bad input: an SCCANError subclass that says what was expected, and nothing changed ------
 
 def _support_file(seg, tmp_path, edit=None):
@@ -242,6 +332,8 @@ BAD_SUPPORT_FILES = {
                            "no valid metadata"),
     "a class without arrays": (lambda seg, tmp: _support_file(seg, tmp, _drop_class_arrays), "CorruptCacheError",
                                "'x' is listed but its arrays are incomplete"),
+    "another format version": (lambda seg, tmp: _support_file(seg, tmp, lambda m, a: {**m, "version": 2}),
+                               "CorruptCacheError", "version 2"),
 }
 
 
