@@ -19,6 +19,14 @@
 * The plugin registry (``FakePluginRegistry``) behaves as real TensorRT's does: ``load_library``
   returns None for a file that is not a shared library and for a second load while the creator is
   registered.
+* Device memory (``cudaMalloc``, pycuda's ``mem_alloc``) and page-locked host memory start as
+  garbage, as CUDA's do: every byte 0xFF, a NaN in float16 and float32, so code that reads memory
+  it never wrote fails instead of reading zeros.
+* Engines, contexts and builder configs refuse attributes TensorRT's classes lack, as pybind11
+  objects (no ``__dict__``) do. A new context is on profile 0: TensorRT 8.6 made that the default
+  for every context (before it, only the first context got profile 0 and the others -1; the
+  header of ``IExecutionContext::getOptimizationProfile`` says so), and two live contexts
+  executing on one profile fail here, as they would race on a GPU.
 * ``FakePycuda`` is ``pycuda.driver`` over the same memory, so the pycuda path runs too;
   ``FakeCudaRuntime(driver_error=True)`` is cuda-python 13 on a CUDA 12 driver (every call fails).
 
@@ -73,6 +81,9 @@ class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801
 
 
 OK = cudaError_t.cudaSuccess
+#: What fresh device and page-locked memory hold: every byte 0xFF (float16 0xFFFF and float32
+#: 0xFFFFFFFF are NaN), where CUDA leaves whatever was there.
+GARBAGE = 0xFF
 
 
 class FakeStream:
@@ -135,7 +146,7 @@ class FakeCudaRuntime(types.SimpleNamespace):
 
     # memory
     def _alloc(self, table: dict, nbytes: int):
-        block = np.zeros(nbytes, np.uint8)
+        block = np.full(nbytes, GARBAGE, np.uint8)  # uninitialised, as CUDA's: NaN to float readers
         table[block.ctypes.data] = block
         return OK, block.ctypes.data
 
@@ -320,7 +331,8 @@ class FakePycuda(types.ModuleType):
 
     def pagelocked_empty(self, shape, dtype):
         self.cuda.calls["cudaHostAlloc"] += 1
-        array = np.zeros(shape, dtype)
+        array = np.empty(shape, dtype)
+        array.view(np.uint8).fill(GARBAGE)  # pagelocked_empty: uninitialised
         self.cuda.pinned[array.ctypes.data] = array
         return array
 
@@ -420,7 +432,24 @@ def read_plan(data: bytes) -> tuple[dict, bytes]:
     return json.loads(data[16:16 + n]), data[16 + n:]
 
 
-class FakeEngine:
+class _TensorRTObject:
+    """pybind11 objects have no ``__dict__``: assigning an attribute that TensorRT's class lacks raises
+    AttributeError. Stand-in objects accept, after ``__init__``, only attributes they hold already."""
+
+    _TENSORRT_NAME = "object"
+
+    def __setattr__(self, name: str, value) -> None:
+        if self.__dict__.get("_sealed") and not hasattr(self, name):
+            raise AttributeError(f"'tensorrt.{self._TENSORRT_NAME}' object has no attribute '{name}'")
+        object.__setattr__(self, name, value)
+
+    def _seal(self) -> None:
+        object.__setattr__(self, "_sealed", True)
+
+
+class FakeEngine(_TensorRTObject):
+    _TENSORRT_NAME = "ICudaEngine"
+
     def __init__(self, data: bytes, cuda: FakeCudaRuntime):
         self.header, graph = read_plan(data)
         model = onnx.load_from_string(graph)
@@ -433,6 +462,7 @@ class FakeEngine:
         self._shapes: dict[tuple, dict[str, tuple]] = {}
         self.contexts: weakref.WeakSet = weakref.WeakSet()
         self.executions = 0
+        self._seal()
 
     @property
     def num_io_tensors(self) -> int:
@@ -477,13 +507,16 @@ class FakeEngine:
         return self._shapes[key]
 
 
-class FakeContext:
+class FakeContext(_TensorRTObject):
+    _TENSORRT_NAME = "IExecutionContext"
+
     def __init__(self, engine: FakeEngine):
         self.engine = engine
         self.profile = 0
         self.shapes: dict[str, tuple] = {}
         self.addresses: dict[str, int] = {}
         self.fail_enqueue_during_capture = False
+        self._seal()
 
     def set_optimization_profile_async(self, index: int, stream_handle: int) -> bool:
         if not 0 <= index < self.engine.num_optimization_profiles:
@@ -558,7 +591,9 @@ class FakeProfile:
         self.shapes[name] = [lo, mid, hi]
 
 
-class FakeConfig:
+class FakeConfig(_TensorRTObject):
+    _TENSORRT_NAME = "IBuilderConfig"
+
     def __init__(self, trt: "FakeTensorRT"):
         self.trt = trt
         self.flags = {trt.BuilderFlag.TF32}  # TensorRT's default: TF32 on
@@ -566,6 +601,7 @@ class FakeConfig:
         self.profiles: list[FakeProfile] = []
         self.cache: FakeTimingCache | None = None
         self.hardware_compatibility_level = _HardwareCompatibilityLevel.NONE
+        self._seal()
 
     def set_flag(self, flag):
         self.flags.add(flag)
