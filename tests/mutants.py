@@ -81,6 +81,10 @@ MUTANTS: dict[str, Mutant] = {
          ("\n__all__", "\ndef presence_scores(logits, height, width):\n"
                        "    return np.ones(len(logits), np.float32)\n\n\n__all__")),
         ("tests/test_objects_apart.py::test_absent_class_gets_an_empty_mask_and_no_label_map_pixels",)),
+    "a bad frame fails its whole server batch": Mutant(
+        "sccan.serve.triton_model",
+        (("            if len(items) == 1:\n                raise\n", "            raise\n"),),
+        ("tests/test_triton_model.py::test_one_bad_frame_in_a_batch_fails_alone",)),
     "FP16 engine's logits replaced by a constant": Mutant(
         "sccan.sdk.tensorrt_backend",
         (("results.update({name: view.copy() for name, view in staged.items()})",
@@ -92,6 +96,11 @@ MUTANTS: dict[str, Mutant] = {
         (("                load_plugin_library(trt, bundle.path / plugin)\n", "                pass\n"),),
         ("tests/test_plugin_fallback.py::test_auto_falls_back_to_the_plugin_when_the_parser_rejects_the_decoder",),
         slow=True),
+    "FP16 never picked on ONNX Runtime's CUDA provider": Mutant(
+        "sccan.sdk.segmenter",
+        (("if precision is None and ort_backend.providers[0] == \"CUDAExecutionProvider\" and",
+          "if False and ort_backend.providers[0] == \"CUDAExecutionProvider\" and"),),
+        ("tests/test_tensorrt_host.py::test_onnxruntime_picks_the_fp16_graphs_on_its_cuda_provider",), slow=True),
 }
 
 

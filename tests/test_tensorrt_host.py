@@ -485,3 +485,27 @@ def test_triton_repository_with_the_engines_as_tensorrt_plan_models(engine_bundl
     write_manifest(copy, manifest)
     with pytest.raises(BadArgumentError, match="no fp16 TensorRT engines"):
         make_repository(copy, tmp_path / "repo2", backend="tensorrt")
+
+
+def test_onnxruntime_picks_the_fp16_graphs_on_its_cuda_provider(engine_bundle, monkeypatch, tmp_path):
+    """Auto precision on ONNX Runtime: the FP16 graphs where the CUDA provider comes first, FP32 on the
+    CPU, FP32 when asked for, and FP32 for a bundle without FP16 graphs. (The CUDA provider is named
+    available; ONNX Runtime's CPU build then runs the sessions on its CPU provider, with a warning.)"""
+    import onnxruntime
+
+    install(monkeypatch, None, None)  # no TensorRT: auto falls to ONNX Runtime
+    assert Segmenter(engine_bundle).backend.precision == "fp32"  # CPU only
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    seg = Segmenter(engine_bundle)
+    assert seg.backend.name == "onnxruntime" and seg.backend.providers[0] == "CUDAExecutionProvider"
+    assert seg.backend.precision == "fp16" and seg.backend.input_dtype("backbone", "images") == np.float16
+    assert Segmenter(engine_bundle, precision="fp32").backend.precision == "fp32"
+    fp32_only = tmp_path / "fp32-only"
+    shutil.copytree(engine_bundle, fp32_only)
+    manifest = json.loads((fp32_only / MANIFEST).read_text())
+    for graph in manifest["graphs"].values():
+        graph.pop("fp16", None)
+    manifest["engines"] = {}
+    write_manifest(fp32_only, manifest)
+    assert Segmenter(fp32_only).backend.precision == "fp32"

@@ -108,6 +108,11 @@ def test_served_segmenter_equals_in_process_and_survives_a_restart(small_export,
             remote.remove_class("bottle")
         assert remote.classes == ["cup", "rocket"]
         assert_same(remote.segment(frames[1]), wants[1])
+        # RGB frames and supports, as the SDK takes them
+        assert_same(remote.segment(np.ascontiguousarray(frames[5][..., ::-1]), color="rgb"), wants[5])
+        image, mask = scene(0)
+        remote.add_class("cup", [np.ascontiguousarray(image[..., ::-1])], [mask], color="rgb")
+        assert_same(remote.segment(frames[6]), wants[6])  # the same class as registered from BGR
         saved = remote.save_support(tmp_path / "fleet.npz")
         # the sample, as a user runs it
         import subprocess
