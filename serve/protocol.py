@@ -11,7 +11,11 @@ segment         IMAGE (H x W x 3 uint8 BGR),   PROBABILITIES (C x H x W float32)
                 CLASS_NAMES (optional),        (C x H x W bool), LABEL_MAP (H x W int32),
                 THRESHOLD, OUTPUT_KIND         CLASSES, INFO (JSON: timings)
 add_class       CLASS_NAMES (one), SUPPORT_    CLASSES (all registered)
-                IMAGES / SUPPORT_MASKS (PNG)
+                IMAGES (PNG) and SUPPORT_
+                MASKS (PNG) or SUPPORT_BOXES
+                (K x 4 float32: x0, y0, x1,
+                y1 in pixels; the server
+                makes the masks from them)
 remove_class    CLASS_NAMES (one)             CLASSES
 classes         -                             CLASSES
 load_support    SUPPORT_FILE (an .npz)        CLASSES (the file's)
@@ -44,6 +48,7 @@ INPUTS = {
     "OUTPUT_KIND": ("TYPE_STRING", [1]),
     "SUPPORT_IMAGES": ("TYPE_STRING", [-1]),
     "SUPPORT_MASKS": ("TYPE_STRING", [-1]),
+    "SUPPORT_BOXES": ("TYPE_FP32", [-1, 4]),
     "SUPPORT_FILE": ("TYPE_STRING", [1]),
     "TOKEN": ("TYPE_STRING", [1]),
     "PRESENCE_THRESHOLD": ("TYPE_FP32", [1]),

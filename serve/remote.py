@@ -23,7 +23,8 @@ import numpy as np
 
 from sccan.sdk.errors import BadArgumentError, BadImageError, MissingFileError, SCCANError
 from sccan.sdk.images import as_mask, as_rgb, check_color
-from sccan.sdk.segmenter import Result, check_threshold, shot_lists
+from sccan.sdk.prompts import check_box, mask_from_prompt
+from sccan.sdk.segmenter import Result, check_class_name, check_threshold, shot_lists
 
 from .protocol import MODEL_NAME, OUTPUT_KINDS, PROTECTED, raise_remote
 
@@ -104,21 +105,60 @@ class RemoteSegmenter:
     def classes(self) -> list[str]:
         return self._decode(self._call("classes", {}, ["CLASSES"])["CLASSES"])
 
-    def add_class(self, name: str, images: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray,
-                  color: str = "bgr") -> None:
-        """Register (or replace) class ``name`` on the server, for every instance and replica."""
+    def mask_from_prompt(self, image: np.ndarray, box: Sequence[float] | None = None,
+                         points: Sequence[Sequence[float]] | None = None,
+                         negative_points: Sequence[Sequence[float]] | None = None, color: str = "bgr") -> np.ndarray:
+        """The mask ``add_class`` makes from a prompt (as :meth:`Segmenter.mask_from_prompt`, made here:
+        no model weights are needed)."""
+        _check_uint8(image, "image")
+        return mask_from_prompt(as_rgb(image, color, "image"), box=box, points=points, negative_points=negative_points)
+
+    def add_class(self, name: str, images: Sequence[np.ndarray] | np.ndarray,
+                  masks: Sequence[np.ndarray] | np.ndarray | None = None, color: str = "bgr", *,
+                  boxes: Sequence[Sequence[float]] | None = None,
+                  points: Sequence[Sequence[Sequence[float]] | None] | None = None,
+                  negative_points: Sequence[Sequence[Sequence[float]] | None] | None = None) -> None:
+        """Register (or replace) class ``name`` on the server, for every instance and replica, from a mask
+        per image or, as :meth:`Segmenter.add_class`, from prompts: ``boxes`` alone travel as boxes
+        (the server makes the masks); with clicks, the masks are made here and sent."""
         check_color(color)
-        images, masks = shot_lists(name, images, masks)
-        encoded_images, encoded_masks = [], []
-        for k, (image, mask) in enumerate(zip(images, masks)):
+        prompts = (boxes, points, negative_points)
+        if masks is not None and any(p is not None for p in prompts):
+            raise BadArgumentError(f"class {name!r}: give masks or prompts (boxes, points), not both")
+        if masks is None and all(p is None for p in prompts):
+            raise BadArgumentError(f"class {name!r}: give a mask, a box or points for each image")
+        check_class_name(name)
+        images = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)
+        for what, prompt in zip(("boxes", "points", "negative_points"), prompts):
+            if prompt is not None and len(prompt) != len(images):
+                raise BadArgumentError(f"class {name!r}: {len(images)} images but {len(prompt)} {what}")
+        encoded_images, rgbs = [], []
+        for k, image in enumerate(images):
             _check_uint8(image, f"class {name!r} shot {k} image")  # before as_rgb, which warns on floats
-            rgb = as_rgb(image, color, f"class {name!r} shot {k} image")
-            binary = as_mask(mask, rgb.shape[:2], f"class {name!r} shot {k} mask")
-            encoded_images.append(_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
-            encoded_masks.append(_png((binary > 0).astype(np.uint8) * 255))
-        self._call("add_class", {"CLASS_NAMES": self._names([name]),
-                                 "SUPPORT_IMAGES": np.array(encoded_images, dtype=np.object_),
-                                 "SUPPORT_MASKS": np.array(encoded_masks, dtype=np.object_)}, ["CLASSES"])
+            rgbs.append(as_rgb(image, color, f"class {name!r} shot {k} image"))
+            encoded_images.append(_png(cv2.cvtColor(rgbs[-1], cv2.COLOR_RGB2BGR)))
+        inputs = {"CLASS_NAMES": self._names([name]), "SUPPORT_IMAGES": np.array(encoded_images, dtype=np.object_)}
+        if boxes is not None and points is None and negative_points is None:
+            for k, (rgb, box) in enumerate(zip(rgbs, boxes)):
+                try:  # the SDK's checks of a box, here, before anything is sent
+                    check_box(box, *rgb.shape[:2])
+                except SCCANError as exc:
+                    raise type(exc)(f"class {name!r} shot {k}: {exc}") from None
+            inputs["SUPPORT_BOXES"] = np.array([[float(v) for v in box] for box in boxes], np.float32)
+        else:
+            if masks is None:
+                masks = []
+                for k, (rgb, box, pos, neg) in enumerate(zip(rgbs, *(p if p is not None else [None] * len(rgbs)
+                                                                     for p in prompts))):
+                    try:
+                        masks.append(mask_from_prompt(rgb, box=box, points=pos, negative_points=neg))
+                    except SCCANError as exc:
+                        raise type(exc)(f"class {name!r} shot {k}: {exc}") from None
+            images, masks = shot_lists(name, images, masks)
+            inputs["SUPPORT_MASKS"] = np.array(
+                [_png((as_mask(mask, rgb.shape[:2], f"class {name!r} shot {k} mask") > 0).astype(np.uint8) * 255)
+                 for k, (rgb, mask) in enumerate(zip(rgbs, masks))], dtype=np.object_)
+        self._call("add_class", inputs, ["CLASSES"])
 
     def remove_class(self, name: str) -> None:
         self._call("remove_class", {"CLASS_NAMES": self._names([name])}, ["CLASSES"])

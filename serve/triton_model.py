@@ -188,9 +188,14 @@ class TritonPythonModel:
                 raise BadArgumentError(f"add_class takes one class name, got {names}")
             images = [_decode_png(_bytes(b), f"support image {k}", 1)
                       for k, b in enumerate(self._input(request, "SUPPORT_IMAGES").reshape(-1))]
-            masks = [_decode_png(_bytes(b), f"support mask {k}", 0)
-                     for k, b in enumerate(self._input(request, "SUPPORT_MASKS").reshape(-1))]
-            seg.add_class(names[0], images, masks)
+            encoded, boxes = self._input(request, "SUPPORT_MASKS"), self._input(request, "SUPPORT_BOXES")
+            if (encoded is None) == (boxes is None):
+                raise BadArgumentError("add_class needs SUPPORT_MASKS or SUPPORT_BOXES (one per image), not both")
+            if boxes is not None:  # the masks made here, as Segmenter.add_class(boxes=...) makes them
+                seg.add_class(names[0], images, boxes=[tuple(float(v) for v in box) for box in boxes.reshape(-1, 4)])
+            else:
+                seg.add_class(names[0], images, [_decode_png(_bytes(b), f"support mask {k}", 0)
+                                                 for k, b in enumerate(encoded.reshape(-1))])
             store.save(names[0])
             return {"CLASSES": self._classes(self._registered())}
         if command == "remove_class":

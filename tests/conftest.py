@@ -102,6 +102,17 @@ def small_export(tmp_path_factory):
     return model, bundle
 
 
+@pytest.fixture(scope="session")
+def synthetic_export(tmp_path_factory):
+    """The shipped synthetic model (Lite-0) exported at its 129 px, 2 shots, 2 classes per decode, FP32
+    only: one export per run for the fidelity and quantisation tests (read it; copy it to change it)."""
+    from sccan.export.exporter import export_bundle
+
+    weights = Path(__file__).resolve().parents[1] / "train" / "weights" / "synthetic_lite0.pt"
+    return export_bundle(weights, tmp_path_factory.mktemp("synthetic") / "bundle", size=129, max_shots=2,
+                         max_classes=2, check_episodes=1, fp16=False, progress=False).bundle
+
+
 def scene(seed: int, h: int = 50, w: int = 70):
     """A random BGR uint8 image and a 0/255 mask with one rectangle (what an SDK user passes)."""
     import numpy as np

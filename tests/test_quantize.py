@@ -33,13 +33,9 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "train" / "weights"
 
 
 @pytest.fixture(scope="module")
-def synthetic_bundle(tmp_path_factory):
-    """The shipped synthetic model (Lite-0, 129 px) exported without FP16."""
-    from sccan.export.exporter import export_bundle
-
-    path = tmp_path_factory.mktemp("q") / "bundle"
-    return export_bundle(WEIGHTS / "synthetic_lite0.pt", path, size=129, max_shots=2, max_classes=2,
-                         check_episodes=1, fp16=False, progress=False).bundle
+def synthetic_bundle(synthetic_export):
+    """The shipped synthetic model (Lite-0, 129 px) exported without FP16 (conftest's, shared)."""
+    return synthetic_export
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from conftest import scene
 pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (pip install 'sccan[dev]')")
 
 from sccan.sdk import Segmenter  # noqa: E402
-from sccan.sdk.errors import BadImageError, CorruptCacheError, EmptyMaskError, UnknownClassError  # noqa: E402
+from sccan.sdk.errors import (BadArgumentError, BadImageError, CorruptCacheError, EmptyMaskError,  # noqa: E402
+                              UnknownClassError)
 from sccan.serve import make_repository  # noqa: E402
 from sccan.serve.remote import RemoteSegmenter  # noqa: E402
 from sccan.serve.server import ServerError, TritonServer, find_tritonserver, free_ports  # noqa: E402
@@ -113,6 +114,26 @@ def test_served_segmenter_equals_in_process_and_survives_a_restart(small_export,
         image, mask = scene(0)
         remote.add_class("cup", [np.ascontiguousarray(image[..., ::-1])], [mask], color="rgb")
         assert_same(remote.segment(frames[6]), wants[6])  # the same class as registered from BGR
+        # a box instead of a mask (the server makes the mask), and clicks (the client makes it)
+        from test_prompts import photo
+
+        disc, _ = photo()
+        local.add_class("disc", [disc], boxes=[(55, 25, 125, 95)])
+        remote.add_class("disc", [disc], boxes=[(55, 25, 125, 95)])
+        assert_same(remote.segment(frames[0], classes=["disc"]), local.segment(frames[0], classes=["disc"]))
+        np.testing.assert_array_equal(remote.mask_from_prompt(disc, points=[(90, 60)]),
+                                      local.mask_from_prompt(disc, points=[(90, 60)]))
+        local.add_class("disc", [disc], points=[[(90, 60)]])
+        remote.add_class("disc", [disc], points=[[(90, 60)]])
+        assert_same(remote.segment(frames[0], classes=["disc"]), local.segment(frames[0], classes=["disc"]))
+        for bad in ((0, 0, 0, 10), (10, 10, 500, 40), (40, 10, 10, 40)):  # zero area, outside, reversed
+            with pytest.raises(BadArgumentError):
+                remote.add_class("bad", [disc], boxes=[bad])
+        with pytest.raises(BadArgumentError, match="not both"):
+            remote.add_class("bad", [disc], [np.ones(disc.shape[:2], np.uint8)], boxes=[(55, 25, 125, 95)])
+        remote.remove_class("disc")
+        local.remove_class("disc")
+        assert "bad" not in remote.classes
         saved = remote.save_support(tmp_path / "fleet.npz")
         # the sample, as a user runs it
         import subprocess
