@@ -13,8 +13,7 @@ TESTS = Path(__file__).resolve().parent
 
 
 def test_gpu_backend_tests_run_against_the_stand_in():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-               SCCAN_GPU_TEST_SIZE="65")  # the smallest bundle that runs every call (129 on a GPU)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "fake_tensorrt_plugin", "-p", "no:logging",
                           "-p", "no:cacheprovider", str(TESTS / "gpu" / "test_tensorrt_backend.py")],
                          capture_output=True, text=True, env=env, cwd=TESTS.parent, timeout=900)

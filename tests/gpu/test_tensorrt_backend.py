@@ -18,15 +18,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not devices, reason=f"no CUDA 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """The shipped synthetic EfficientNet-Lite0 model at 129: a trained model whose probabilities
-    spread, so a constant or shifted engine fails the comparisons. (The stand-in's dry run,
-    tests/test_gpu_suite_dry_run.py, sets SCCAN_GPU_TEST_SIZE=65: every call, a fifth of the export.)"""
-    import os
-
+    spread, so a constant or shifted engine fails the comparisons."""
     from sccan.export.demo import DEMO_CHECKPOINT
     from sccan.export.exporter import export_bundle
 
-    size = int(os.environ.get("SCCAN_GPU_TEST_SIZE") or 129)
-    return export_bundle(DEMO_CHECKPOINT, tmp_path_factory.mktemp("gpu") / "b", size=size, max_shots=2,
+    return export_bundle(DEMO_CHECKPOINT, tmp_path_factory.mktemp("gpu") / "b", size=129, max_shots=2,
                          max_classes=2, check_episodes=2, progress=False).bundle
 
 
