@@ -104,8 +104,20 @@ def test_bundle_records_the_checkpoint_presence_threshold(tmp_path):
                            fp16=False, progress=False).bundle
     assert Segmenter(bundle).presence_threshold == 0.25
     assert Segmenter(bundle, presence_threshold=0.1).presence_threshold == 0.1
-    assert Segmenter(export_bundle(raw, tmp_path / "plain", size=65, max_shots=1, max_classes=1, check_episodes=1,
-                                   fp16=False, progress=False).bundle).presence_threshold == 0.0
+    # a checkpoint without one: nothing in the manifest (the exporter writes the key only where
+    # checkpoint_presence_threshold gives a value), and the Segmenter's default is 0
+    assert checkpoint_presence_threshold(raw) is None
+    import json
+    import shutil
+
+    from sccan.sdk.bundle import MANIFEST, write_manifest
+
+    plain = tmp_path / "plain"
+    shutil.copytree(bundle, plain)
+    manifest = json.loads((plain / MANIFEST).read_text())
+    assert manifest.pop("presence_threshold") == 0.25
+    write_manifest(plain, manifest)
+    assert Segmenter(plain).presence_threshold == 0.0
 
 
 # -- track mode -------------------------------------------------------------------------------------
