@@ -1,6 +1,7 @@
 """Masks from a box or a click against the true masks: COCO-128 objects of at least 32 x 32 pixels.
 
     python benchmarks/prompts.py [--root ../shared/realdata/coco128-seg] [--objects 200] [--output DIR]
+                                 [--held-out CHECKPOINT [--config real_lite0] [--episodes 300]]
 
 Each object is one polygon of the YOLO-seg labels (its instance, rasterised as the trainer does);
 its box is the polygon's bounding box; its click is the object's innermost pixel (the maximum of
@@ -8,6 +9,11 @@ the distance transform, what a person aiming at the middle would hit). For each 
 ``mask_from_prompt`` makes a mask from the box, from the click, and from both; the script prints
 the mean IoU against the instance mask for each. Objects are taken in file order, every k-th one
 so that ``--objects`` spread over the set.
+
+``--held-out CHECKPOINT``: the config's held-out episodes (1 shot, the classes never trained on)
+run twice in PyTorch, with the support's true mask and with the mask made from its box (the
+bounding box of the true mask); the 1-shot mIoU of each. Where the box yields no mask, the box
+itself is the mask (counted).
 """
 
 from __future__ import annotations
@@ -51,11 +57,58 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+def held_out_boxes(checkpoint: Path, config_name: str, episodes: int) -> dict:
+    """1-shot mIoU of the held-out episodes with true support masks and with masks from their boxes."""
+    import torch
+
+    from sccan.sdk.preprocess import foreground_logit, resize_to_frame
+    from sccan.train.checkpoint import load_model
+    from sccan.train.config import load_config
+    from sccan.train.data.datasets import build_dataset
+    from sccan.train.data.episodes import Episode
+    from sccan.train.evaluate import IoUMeter, episode_tensors
+
+    torch.set_grad_enabled(False)
+    config = load_config(config_name)
+    model = load_model(checkpoint).eval()
+    size = config["data"]["size"]
+    dataset = build_dataset(config["data"], "test", seed=config["eval"]["seed"], episodes=episodes)
+    meters = {"true mask": IoUMeter(), "box": IoUMeter()}
+    fallback, started = 0, time.perf_counter()
+    for i in range(len(dataset)):
+        episode = dataset[i]
+        boxed = []
+        for image, label in zip(episode.support, episode.support_labels):
+            ys, xs = np.nonzero(label == 1)
+            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            try:
+                boxed.append(mask_from_prompt(np.ascontiguousarray(image), box=box).astype(np.uint8))
+            except EmptyMaskError:
+                fallback += 1
+                rect = np.zeros(label.shape, np.uint8)
+                rect[box[1]:box[3], box[0]:box[2]] = 1
+                boxed.append(rect)
+        for kind, shots in (("true mask", episode), ("box", Episode(episode.query, episode.query_label,
+                                                                      episode.support, boxed, episode.class_id))):
+            q, s, m, place = episode_tensors(model, shots, size)
+            logits = model(q, s, m).float().numpy()
+            pred = (resize_to_frame(foreground_logit(logits), place)[0] > 0).astype(np.int64)
+            meters[kind].add(pred, episode.query_label, episode.class_id)
+        if (i + 1) % 50 == 0:
+            print(f"  held-out episode {i + 1}/{len(dataset)} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return {"checkpoint": str(checkpoint), "config": config_name, "episodes": len(dataset),
+            "miou": {k: m.miou for k, m in meters.items()}, "box_fell_back_to_rectangle": fallback}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("../shared/realdata/coco128-seg"))
     parser.add_argument("--objects", type=int, default=200)
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--held-out", type=Path, metavar="CHECKPOINT",
+                        help="also the held-out episodes with true masks against box-made ones, this model")
+    parser.add_argument("--config", default="real_lite0", help="the held-out episodes' config (with --held-out)")
+    parser.add_argument("--episodes", type=int, default=300, help="held-out episodes (with --held-out)")
     args = parser.parse_args(argv)
     found = []
     for image_path, points in objects(args.root):
@@ -91,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
               "median_iou": {k: float(np.median(v)) for k, v in scores.items()}, "empty": empty}
     print(f"{len(chosen)} COCO-128 objects of at least {MIN_SIDE} x {MIN_SIDE} px (of {len(found)}): mean IoU of "
           "the mask from " + ", ".join(f"a {k} {v:.3f}" for k, v in report["mean_iou"].items()))
+    if args.held_out:
+        report["held_out"] = held_out_boxes(args.held_out, args.config, args.episodes)
+        h = report["held_out"]
+        print(f"held-out episodes ({h['episodes']}, {h['config']}), 1-shot mIoU: true masks {h['miou']['true mask']:.3f}, "
+              f"masks from boxes {h['miou']['box']:.3f} ({h['box_fell_back_to_rectangle']} boxes kept as rectangles)")
     if args.output:
         from sccan.sdk.bundle import write_json_atomic
 
