@@ -36,12 +36,12 @@ def _quiet_libraries() -> None:
 #: The extra each command of an optional part needs (``pip install 'sccan[EXTRA]'``); the SDK's own
 #: commands (info, bench, segment) need none.
 EXTRAS = {"export": "export", "quantize": "export", "build": "tensorrt", "demo": "train,export", "train": "train",
-          "eval": "train", "triton": "serve", "serve": "serve"}
+          "eval": "train", "triton": "serve", "serve": "serve", "app": "app"}
 
 
 #: Modules each command of an extra imports when it runs (found, not imported, to say early what is missing).
 REQUIRES = {"export": ("torch", "onnx"), "quantize": ("onnx",), "build": ("onnx",), "demo": ("torch", "onnx"),
-            "train": ("torch",), "eval": ("torch",)}
+            "train": ("torch",), "eval": ("torch",), "app": ("fastapi", "uvicorn")}
 
 
 def _absent(name: str) -> ImportError | None:

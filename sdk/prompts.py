@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .errors import BadArgumentError, EmptyMaskError
+from .errors import BadArgumentError, BadImageError, EmptyMaskError
 
 #: GrabCut iterations.
 ITERATIONS = 5
@@ -138,3 +138,47 @@ def _keep_prompted(mask: np.ndarray, positive: list[tuple[int, int]]) -> np.ndar
 
 
 __all__ = ["mask_from_prompt", "check_box", "check_points"]
+
+
+ShotPrompt = tuple[Box | None, Sequence[Point] | None, Sequence[Point] | None]
+
+
+def shot_prompts(name: str, images: Sequence[np.ndarray] | np.ndarray, masks: object,
+                 boxes: Sequence[Box | None] | None, points: Sequence[Sequence[Point] | None] | None,
+                 negative_points: Sequence[Sequence[Point] | None] | None
+                 ) -> tuple[list[np.ndarray], list[ShotPrompt] | None]:
+    """``add_class``'s arguments checked the same way by every runtime (``Segmenter``,
+    ``RemoteSegmenter``): the images as a list (one image may be given bare) and, where prompts
+    replace the masks, each image's ``(box, points, negative_points)``; ``None`` where masks were
+    given. BadArgumentError for masks and prompts both, neither, or a prompt list whose length is
+    not the number of images; BadImageError for no image."""
+    prompts = (boxes, points, negative_points)
+    if masks is not None and any(p is not None for p in prompts):
+        raise BadArgumentError(f"class {name!r}: give masks or prompts (boxes, points), not both")
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        images = [images]
+    images = list(images)
+    if masks is not None:
+        return images, None
+    if all(p is None for p in prompts):
+        raise BadArgumentError(f"class {name!r}: give a mask, a box or points for each image")
+    if not images:
+        raise BadImageError(f"class {name!r}: give at least one example image")
+    per_image = []
+    for what, prompt in zip(("boxes", "points", "negative_points"), prompts):
+        if prompt is not None and len(prompt) != len(images):
+            raise BadArgumentError(f"class {name!r}: {len(images)} images but {len(prompt)} {what}")
+        per_image.append(list(prompt) if prompt is not None else [None] * len(images))
+    return images, list(zip(*per_image))
+
+
+def masks_from_prompts(name: str, rgbs: Sequence[np.ndarray], prompts: Sequence[ShotPrompt]) -> list[np.ndarray]:
+    """One mask per RGB uint8 image from its ``(box, points, negative_points)``
+    (:func:`mask_from_prompt`); an error names the class and the shot."""
+    masks = []
+    for k, (rgb, (box, positive, negative)) in enumerate(zip(rgbs, prompts)):
+        try:
+            masks.append(mask_from_prompt(rgb, box=box, points=positive, negative_points=negative))
+        except (BadArgumentError, EmptyMaskError) as exc:
+            raise type(exc)(f"class {name!r} shot {k}: {exc}") from None
+    return masks

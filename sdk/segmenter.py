@@ -45,7 +45,7 @@ from .images import as_mask, as_rgb, check_color
 from .memory import release_freed_memory, reuse_freed_memory
 from .preprocess import frame_probability, normalize, resize_image, resize_label
 from .presence import presence_scores
-from .prompts import mask_from_prompt
+from .prompts import mask_from_prompt, masks_from_prompts, shot_prompts
 from .schema import BLOCK_FIELDS, GLOBAL_FIELDS, real_shots, stack_classes
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -353,10 +353,13 @@ class Segmenter:
         """The H x W uint8 mask (1 = object) that ``add_class`` would make from this prompt, to show
         before registering: a box ``(x0, y0, x1, y1)`` in pixels and/or clicks ``[(x, y), ...]`` on
         the object (``points``) and off it (``negative_points``). See :mod:`sccan.sdk.prompts`."""
-        rgb = as_rgb(image, color, "image")
-        if rgb.dtype != np.uint8:
-            rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
-        return mask_from_prompt(rgb, box=box, points=points, negative_points=negative_points)
+        return mask_from_prompt(self._prompt_rgb(image, color, "image"), box=box, points=points,
+                                negative_points=negative_points)
+
+    @staticmethod
+    def _prompt_rgb(image: np.ndarray, color: str, what: str) -> np.ndarray:
+        rgb = as_rgb(image, color, what)
+        return rgb if rgb.dtype == np.uint8 else np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
     def add_class(self, name: str, images: Sequence[np.ndarray] | np.ndarray,
                   masks: Sequence[np.ndarray] | np.ndarray | None = None, color: str = "bgr", *,
@@ -371,25 +374,11 @@ class Segmenter:
                 prompts, one per image: ``boxes`` (x0, y0, x1, y1), ``points`` (clicks on the object)
                 and ``negative_points`` (clicks off it); the mask is made by :meth:`mask_from_prompt`.
         """
-        prompts = (boxes, points, negative_points)
-        if masks is not None and any(p is not None for p in prompts):
-            raise BadArgumentError(f"class {name!r}: give masks or prompts (boxes, points), not both")
-        if masks is None:
-            if all(p is None for p in prompts):
-                raise BadArgumentError(f"class {name!r}: give a mask, a box or points for each image")
+        images, prompts = shot_prompts(name, images, masks, boxes, points, negative_points)
+        if prompts is not None:
             check_class_name(name)
-            images = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)
-            per_image = []
-            for what, prompt in zip(("boxes", "points", "negative_points"), prompts):
-                if prompt is not None and len(prompt) != len(images):
-                    raise BadArgumentError(f"class {name!r}: {len(images)} images but {len(prompt)} {what}")
-                per_image.append(prompt if prompt is not None else [None] * len(images))
-            masks = []
-            for k, (image, box, pos, neg) in enumerate(zip(images, *per_image)):
-                try:
-                    masks.append(self.mask_from_prompt(image, box, pos, neg, color=color))
-                except SCCANError as exc:
-                    raise type(exc)(f"class {name!r} shot {k}: {exc}") from None
+            masks = masks_from_prompts(name, [self._prompt_rgb(image, color, f"class {name!r} shot {k} image")
+                                              for k, image in enumerate(images)], prompts)
         images, masks = shot_lists(name, images, masks)
         if len(images) > self.max_shots:
             raise BadArgumentError(f"class {name!r}: {len(images)} shots exceed this bundle's maximum of "

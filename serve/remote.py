@@ -23,7 +23,7 @@ import numpy as np
 
 from sccan.sdk.errors import BadArgumentError, BadImageError, MissingFileError, SCCANError
 from sccan.sdk.images import as_mask, as_rgb, check_color
-from sccan.sdk.prompts import check_box, mask_from_prompt
+from sccan.sdk.prompts import check_box, mask_from_prompt, masks_from_prompts, shot_prompts
 from sccan.sdk.segmenter import Result, check_class_name, check_threshold, shot_lists
 
 from .protocol import MODEL_NAME, OUTPUT_KINDS, PROTECTED, raise_remote
@@ -122,23 +122,15 @@ class RemoteSegmenter:
         per image or, as :meth:`Segmenter.add_class`, from prompts: ``boxes`` alone travel as boxes
         (the server makes the masks); with clicks, the masks are made here and sent."""
         check_color(color)
-        prompts = (boxes, points, negative_points)
-        if masks is not None and any(p is not None for p in prompts):
-            raise BadArgumentError(f"class {name!r}: give masks or prompts (boxes, points), not both")
-        if masks is None and all(p is None for p in prompts):
-            raise BadArgumentError(f"class {name!r}: give a mask, a box or points for each image")
+        images, prompts = shot_prompts(name, images, masks, boxes, points, negative_points)
         check_class_name(name)
-        images = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)
-        for what, prompt in zip(("boxes", "points", "negative_points"), prompts):
-            if prompt is not None and len(prompt) != len(images):
-                raise BadArgumentError(f"class {name!r}: {len(images)} images but {len(prompt)} {what}")
         encoded_images, rgbs = [], []
         for k, image in enumerate(images):
             _check_uint8(image, f"class {name!r} shot {k} image")  # before as_rgb, which warns on floats
             rgbs.append(as_rgb(image, color, f"class {name!r} shot {k} image"))
             encoded_images.append(_png(cv2.cvtColor(rgbs[-1], cv2.COLOR_RGB2BGR)))
         inputs = {"CLASS_NAMES": self._names([name]), "SUPPORT_IMAGES": np.array(encoded_images, dtype=np.object_)}
-        if boxes is not None and points is None and negative_points is None:
+        if prompts is not None and points is None and negative_points is None:
             for k, (rgb, box) in enumerate(zip(rgbs, boxes)):
                 try:  # the SDK's checks of a box, here, before anything is sent
                     check_box(box, *rgb.shape[:2])
@@ -146,14 +138,8 @@ class RemoteSegmenter:
                     raise type(exc)(f"class {name!r} shot {k}: {exc}") from None
             inputs["SUPPORT_BOXES"] = np.array([[float(v) for v in box] for box in boxes], np.float32)
         else:
-            if masks is None:
-                masks = []
-                for k, (rgb, box, pos, neg) in enumerate(zip(rgbs, *(p if p is not None else [None] * len(rgbs)
-                                                                     for p in prompts))):
-                    try:
-                        masks.append(mask_from_prompt(rgb, box=box, points=pos, negative_points=neg))
-                    except SCCANError as exc:
-                        raise type(exc)(f"class {name!r} shot {k}: {exc}") from None
+            if prompts is not None:
+                masks = masks_from_prompts(name, rgbs, prompts)
             images, masks = shot_lists(name, images, masks)
             inputs["SUPPORT_MASKS"] = np.array(
                 [_png((as_mask(mask, rgb.shape[:2], f"class {name!r} shot {k} mask") > 0).astype(np.uint8) * 255)

@@ -113,6 +113,17 @@ def synthetic_export(tmp_path_factory):
                          max_classes=2, check_episodes=1, fp16=False, progress=False).bundle
 
 
+@pytest.fixture(scope="session")
+def real_export(tmp_path_factory):
+    """The shipped real-photo model (Lite-0 at its 321 px) for one class of one shot, FP32: the ROS 2
+    node's and the web app's tests share it (read it; copy it to change it)."""
+    from sccan.export.exporter import export_bundle
+    from sccan.export.real_demo import REAL_CHECKPOINT, REAL_SIZE
+
+    return export_bundle(REAL_CHECKPOINT, tmp_path_factory.mktemp("real") / "bundle", size=REAL_SIZE, max_shots=1,
+                         max_classes=1, check_episodes=1, fp16=False, progress=False).bundle
+
+
 def scene(seed: int, h: int = 50, w: int = 70):
     """A random BGR uint8 image and a 0/255 mask with one rectangle (what an SDK user passes)."""
     import numpy as np

