@@ -26,7 +26,6 @@ class Mutant:
     module: str
     edits: tuple[tuple[str, str], ...]
     killers: tuple[str, ...]
-    slow: bool = False  #: its killers export and build a bundle of their own (20-30 s): CI's slow job
 
 
 SDK = "tests/test_sdk.py::"
@@ -90,17 +89,16 @@ MUTANTS: dict[str, Mutant] = {
         (("results.update({name: view.copy() for name, view in staged.items()})",
           "results.update({name: view.copy() if self.precision != \"fp16\" or name != \"logits\" else "
           "np.full_like(view, view.mean()) for name, view in staged.items()})"),),
-        ("tests/test_tensorrt_host.py::test_fp16_engines_match_the_fp32_graphs_within_the_gate",), slow=True),
+        ("tests/test_tensorrt_host.py::test_fp16_engines_match_the_fp32_graphs_within_the_gate",)),
     "the plugin library never loaded": Mutant(
         "sccan.sdk.tensorrt_backend",
         (("                load_plugin_library(trt, bundle.path / plugin)\n", "                pass\n"),),
-        ("tests/test_plugin_fallback.py::test_auto_falls_back_to_the_plugin_when_the_parser_rejects_the_decoder",),
-        slow=True),
+        ("tests/test_plugin_fallback.py::test_auto_falls_back_to_the_plugin_when_the_parser_rejects_the_decoder",)),
     "FP16 never picked on ONNX Runtime's CUDA provider": Mutant(
         "sccan.sdk.segmenter",
         (("if precision is None and ort_backend.providers[0] == \"CUDAExecutionProvider\" and",
           "if False and ort_backend.providers[0] == \"CUDAExecutionProvider\" and"),),
-        ("tests/test_tensorrt_host.py::test_onnxruntime_picks_the_fp16_graphs_on_its_cuda_provider",), slow=True),
+        ("tests/test_tensorrt_host.py::test_onnxruntime_picks_the_fp16_graphs_on_its_cuda_provider",)),
 }
 
 

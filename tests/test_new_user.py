@@ -122,13 +122,9 @@ def test_the_tensorrt_extra_installs_onnx():
     assert any(r.startswith("onnx") for r in project["optional-dependencies"]["tensorrt"])
 
 
-def test_the_edges_of_max_shots_and_max_classes_export(fp32_bundle, tmp_path):
-    """1 shot and 1 class (torch.export had no dimension for it); 16 and 64, the other edges."""
-    import torch
-
-    from sccan.export.exporter import export_bundle
+def test_the_lower_edges_of_max_shots_and_max_classes_export(fp32_bundle):
+    """1 shot and 1 class (torch.export had no dimension for it)."""
     from sccan.sdk import Segmenter
-    from sccan.train.model import build_model
 
     image, mask = scene(1)
     seg = Segmenter(fp32_bundle)  # exported with max_shots=1, max_classes=1
@@ -138,6 +134,18 @@ def test_the_edges_of_max_shots_and_max_classes_export(fp32_bundle, tmp_path):
     seg.add_class("b", [scene(2)[0]], [scene(2)[1]])
     result = seg.segment(scene(3)[0])  # two classes, one decoder run each
     assert result.classes == ["a", "b"]
+
+
+@pytest.mark.slow
+def test_the_upper_edges_of_max_shots_and_max_classes_export(tmp_path):
+    """16 shots and 64 classes per decode, the other edges (an export of its own: slow job)."""
+    import torch
+
+    from sccan.export.exporter import export_bundle
+    from sccan.sdk import Segmenter
+    from sccan.train.model import build_model
+
+    image, mask = scene(1)
     torch.manual_seed(0)
     model = randomize_bn(build_model("resnet50", **SMALL))
     big = export_bundle(model, tmp_path / "big", size=65, max_shots=16, max_classes=64, check_episodes=1, fp16=False,

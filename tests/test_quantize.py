@@ -34,7 +34,7 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "train" / "weights"
 
 @pytest.fixture(scope="module")
 def synthetic_bundle(synthetic_export):
-    """The shipped synthetic model (Lite-0, 129 px) exported without FP16 (conftest's, shared)."""
+    """The shipped synthetic model (Lite-0, 129 px; conftest's, shared)."""
     return synthetic_export
 
 

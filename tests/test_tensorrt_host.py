@@ -22,24 +22,23 @@ import pytest
 from conftest import scene
 from fake_tensorrt import FakeCudaRuntime, FakeTensorRT, install
 from sccan.export.engines import BuildError, BuildOptions, build_engines
-from sccan.export.exporter import export_bundle
 from sccan.sdk import BundleMismatchError, SCCANError, Segmenter
 from sccan.sdk.bundle import MANIFEST, write_manifest
 from sccan.sdk.schema import SLOT_AXES
 
-SIZE = 65
+SIZE = 129  # the shared synthetic export (conftest.synthetic_export)
 WEIGHTS = Path(__file__).resolve().parents[1] / "train" / "weights"
 CONTEXTS = 4  # a Segmenter and three clones at once
 
 
 @pytest.fixture(scope="module")
-def engine_bundle(tmp_path_factory):
+def engine_bundle(synthetic_export, tmp_path_factory):
     """A bundle with FP32 and FP16 "engines" built by ``sccan build`` against the stand-in (whose
-    engines run the bundle's graphs in ONNX Runtime). The shipped synthetic model at 65 px: trained,
-    so its probabilities spread over 0-1 (a constant is 0.75-0.9 from them) and its FP16 graphs pass
-    the gate."""
-    path = export_bundle(WEIGHTS / "synthetic_lite0.pt", tmp_path_factory.mktemp("trt") / "bundle", size=SIZE,
-                         max_shots=2, max_classes=2, check_episodes=1, progress=False).bundle
+    engines run the bundle's graphs in ONNX Runtime), on a copy of the suite's shared export of the
+    shipped synthetic model at 129 px (conftest.synthetic_export): trained, so its probabilities
+    spread over 0-1 and a constant fails the comparisons, and its FP16 graphs pass the gate."""
+    path = tmp_path_factory.mktemp("trt") / "bundle"
+    shutil.copytree(synthetic_export, path)
     with pytest.MonkeyPatch.context() as mp:
         cuda = FakeCudaRuntime()
         install(mp, cuda, FakeTensorRT(cuda))
@@ -407,7 +406,9 @@ def test_a_failed_gate_names_the_output_and_keeps_the_previous_engines(built):
     trt.tamper = constant_logits
     with pytest.raises(BuildError, match="fp32 engines failed the gate: FP32 logits differ .*first diverging "
                                          "output: query_decoder.logits"):
-        build_engines(path, BuildOptions(precisions=("fp32",), force=True, timing_cache=cache), progress=False)
+        # standard ops forced: the bundle also holds the plugin variant, which auto would fall back to
+        build_engines(path, BuildOptions(precisions=("fp32",), force=True, patch_align="standard-ops",
+                                         timing_cache=cache), progress=False)
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # previous engines, nothing left over
     assert Segmenter(path, precision="fp32").backend.name == "tensorrt"
 
@@ -476,7 +477,7 @@ def test_triton_repository_with_the_engines_as_tensorrt_plan_models(engine_bundl
         config = (model / "config.pbtxt").read_text()
         assert 'platform: "tensorrt_plan"' in config and "kind: KIND_GPU count: 2" in config
         assert "max_batch_size: 0" in config and "TYPE_FP16" in config
-    assert 'name: "images" data_type: TYPE_FP16 dims: [ -1, 3, 65, 65 ]' in (repo / "sccan_backbone" /
+    assert f'name: "images" data_type: TYPE_FP16 dims: [ -1, 3, {SIZE}, {SIZE} ]' in (repo / "sccan_backbone" /
                                                                             "config.pbtxt").read_text()
     assert 'string_value: "triton-bls"' in (repo / "sccan" / "config.pbtxt").read_text()
     copy = tmp_path / "no-engines"
