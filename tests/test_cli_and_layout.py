@@ -239,9 +239,8 @@ def test_bench_spreads_the_baseline_among_the_timed_frames():
 def test_soak_gate_fails_on_memory_kept_after_the_warm_up():
     """The soak's gate, planted: a segmenter that keeps 8 MB for every class it ever registered
     fails it; one that replaces them passes. The warm-up covers the first replacements only."""
+    import mmap
     from types import SimpleNamespace
-
-    import numpy as np
 
     from sccan.sdk.bench import _soak
 
@@ -254,12 +253,18 @@ def test_soak_gate_fails_on_memory_kept_after_the_warm_up():
             return list(self.arrays)
 
         def add_class(self, name, images, masks):
-            self.arrays[name] = np.ones(8 << 20, np.uint8)
+            # fresh pages from the kernel, written: resident whatever the allocator holds already (the
+            # SDK keeps freed heap for reuse, so a malloc'd array could land on resident pages)
+            block = mmap.mmap(-1, 8 << 20)
+            block.write(b"\1" * (8 << 20))
+            self.arrays[name] = block
             if self.leak:
-                self.kept.append(self.arrays[name])
+                self.kept.append(block)
 
         def remove_class(self, name):
-            del self.arrays[name]
+            block = self.arrays.pop(name)
+            if not self.leak:
+                block.close()
 
         def segment(self, frame):
             return None
