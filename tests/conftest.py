@@ -121,6 +121,25 @@ def synthetic_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def one_shot_export(tmp_path_factory):
+    """(raw checkpoint, calibrated checkpoint, bundle): the small random ResNet-50 SCCAN saved, then
+    slimmed with a presence threshold of 0.25, and that exported at 65 px for 1 shot and 1 class per
+    decode, FP32 only (as `sccan demo` makes them): the lower edges of an export, and the threshold's
+    way from checkpoint to bundle. Shared (read it; copy it to change it)."""
+    from sccan.export.exporter import export_bundle
+    from sccan.train.checkpoint import save_checkpoint, slim_checkpoint
+    from sccan.train.model import build_model
+
+    root = tmp_path_factory.mktemp("one_shot")
+    torch.manual_seed(0)
+    raw = save_checkpoint(randomize_bn(build_model("resnet50", **SMALL)), root / "raw.pt")
+    calibrated = slim_checkpoint(raw, root / "calibrated.pt", presence_threshold=0.25)
+    bundle = export_bundle(calibrated, root / "bundle", size=65, max_shots=1, max_classes=1, check_episodes=1,
+                           fp16=False, progress=False).bundle
+    return raw, calibrated, bundle
+
+
+@pytest.fixture(scope="session")
 def real_export(tmp_path_factory):
     """The shipped real-photo model (Lite-0 at its 321 px) for one class of one shot, FP32: the ROS 2
     node's and the web app's tests share it (read it; copy it to change it)."""

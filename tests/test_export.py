@@ -305,20 +305,21 @@ def test_fp16_plan_on_the_published_network_at_473(tmp_path):
     assert all(s["tensors"] > 100 and not s["nonfinite"] for s in p["fp16_storage"].values())
 
 
-def plugin_variant_agrees(model, default_bundle, tmp_path, size, shots):
-    """Export ``model`` with --patch-align plugin and compare both bundles' FP32 graphs through ONNX
-    Runtime on check episodes, and through the SDK: (max relative logit difference, index
-    differences, indices)."""
-    plugin = export_bundle(model, tmp_path / "plugin", size=size, max_shots=shots, max_classes=2, check_episodes=1,
-                           fp16=False, patch_align="plugin", progress=False)
-    assert plugin.manifest["patch_align"] == "plugin" and plugin.manifest["parity"]["ok"]
-    decoder = onnx.load(str(plugin.bundle / "query_decoder.onnx"))
+def plugin_variant_agrees(model, bundle, size, shots):
+    """The plugin variant of a ``--patch-align both`` bundle's decoder against its standard decoder,
+    both run here through ONNX Runtime (the custom op from onnxruntime-extensions) on check episodes
+    of this function's own seed: (max relative logit difference, index differences, indices)."""
+    import json
+
+    variant = json.loads((bundle / MANIFEST).read_text())["plugin_variant"]["query_decoder"]["fp32"]["file"]
+    decoder = onnx.load(str(bundle / variant))
     nodes = [n for n in decoder.graph.node if n.domain == "sccan"]
     # Per block two nodes: one gathers the aligned windows' keys, the other their values.
     assert len(nodes) == 2 * model.config.num_blocks and {n.op_type for n in nodes} == {"SccanPatchAlign"}
     assert {a.name for a in nodes[0].attribute} == {"cosine_eps", "plugin_namespace", "plugin_version"}
     assert not check_model(decoder, "10.3") and not check_model(decoder, "11.x")
-    sessions = [GraphSessions({g: b / graph_file(g, "fp32") for g in GRAPHS}) for b in (default_bundle, plugin.bundle)]
+    standard = {g: bundle / graph_file(g, "fp32") for g in GRAPHS}
+    sessions = [GraphSessions(standard), GraphSessions({**standard, "query_decoder": bundle / variant})]
     worst, differ, total = 0.0, 0, 0
     for episode in check_episodes(2, size, shots, seed=3):
         outs = []
@@ -330,13 +331,4 @@ def plugin_variant_agrees(model, default_bundle, tmp_path, size, shots):
         worst = max(worst, float(np.abs(a - b).max() / np.abs(a).max()))
         differ += sum(int((x != y).sum()) for x, y in zip(ia, ib))
         total += sum(x.size for x in ia)
-    from conftest import scene
-    from sccan.sdk import Segmenter
-
-    probabilities = []
-    for bundle in (default_bundle, plugin.bundle):
-        seg = Segmenter(bundle, backend="onnxruntime")
-        seg.add_class("x", [scene(5)[0]], [scene(5)[1]])
-        probabilities.append(seg.segment(scene(6, 61, 90)[0]).probabilities["x"])
-    np.testing.assert_allclose(probabilities[1], probabilities[0], atol=1e-6)
     return worst, differ, total

@@ -78,17 +78,10 @@ def test_help_of_an_install_without_extras_lists_what_each_verb_needs(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def fp32_bundle(tmp_path_factory):
-    """A bundle with FP32 graphs only, as `sccan demo` makes them."""
-    import torch
-
-    from sccan.export.exporter import export_bundle
-    from sccan.train.model import build_model
-
-    torch.manual_seed(0)
-    model = randomize_bn(build_model("resnet50", **SMALL))
-    return export_bundle(model, tmp_path_factory.mktemp("fp32") / "bundle", size=65, max_shots=1, max_classes=1,
-                         check_episodes=1, fp16=False, progress=False).bundle
+def fp32_bundle(one_shot_export):
+    """A bundle with FP32 graphs only, as `sccan demo` makes them, 1 shot and 1 class per decode
+    (conftest's, shared)."""
+    return one_shot_export[2]
 
 
 def test_build_with_only_the_tensorrt_extra_says_tensorrt_is_missing_first(fp32_bundle, tmp_path):

@@ -85,23 +85,14 @@ def test_presence_threshold_outside_0_1_is_refused(bundle, bad):
         Segmenter(bundle, presence_threshold=bad)
 
 
-def test_bundle_records_the_checkpoint_presence_threshold(tmp_path):
+def test_bundle_records_the_checkpoint_presence_threshold(one_shot_export, tmp_path):
     """The threshold travels checkpoint -> bundle manifest -> Segmenter default; a checkpoint never
     calibrated (the shipped real-photo model: its presence does not separate absent objects) has none."""
-    import torch
-
-    from conftest import SMALL
-    from sccan.export.exporter import checkpoint_presence_threshold, export_bundle
-    from sccan.train.checkpoint import save_checkpoint, slim_checkpoint
-    from sccan.train.model import build_model
+    from sccan.export.exporter import checkpoint_presence_threshold
 
     assert checkpoint_presence_threshold(REAL_CHECKPOINT) is None
-    torch.manual_seed(0)
-    raw = save_checkpoint(build_model("resnet50", **SMALL), tmp_path / "raw.pt")
-    out = slim_checkpoint(raw, tmp_path / "calibrated.pt", presence_threshold=0.25)
+    raw, out, bundle = one_shot_export  # the small model, slimmed with presence_threshold=0.25, exported
     assert checkpoint_presence_threshold(out) == 0.25
-    bundle = export_bundle(out, tmp_path / "bundle", size=65, max_shots=1, max_classes=1, check_episodes=1,
-                           fp16=False, progress=False).bundle
     assert Segmenter(bundle).presence_threshold == 0.25
     assert Segmenter(bundle, presence_threshold=0.1).presence_threshold == 0.1
     # a checkpoint without one: nothing in the manifest (the exporter writes the key only where
