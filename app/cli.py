@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import signal
 import sys
 
+from sccan.sdk.net import is_loopback
 from sccan.sdk.segmenter import BACKENDS
 
 DEFAULT_PORT = 8765
-
-
-def loopback(host: str) -> bool:
-    """Whether ``host`` only listens on this computer (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _after_shutdown(signum: int, frame: object) -> None:
@@ -39,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         segmenter.load_support(args.load_support)
     session = LiveSession(segmenter, args.source, threshold=args.threshold,
                           presence_threshold=args.presence_threshold)
-    if not loopback(args.host):
+    if not is_loopback(args.host):
         print(f"sccan app: warning: listening on {args.host}, reachable from other computers; the app has no "
               "login: anyone who reaches it can see the camera and register classes", file=sys.stderr)
     app = create_app(session, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))

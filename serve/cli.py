@@ -22,7 +22,9 @@ def run_triton(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .server import TritonServer, is_loopback
+    from sccan.sdk.net import is_loopback
+
+    from .server import TritonServer
 
     server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, log=args.log,
                           verbose=args.verbose, python=args.python, address=args.address,

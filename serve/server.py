@@ -119,17 +119,6 @@ RESTRICTED_GRPC = "model-repository,shared-memory,trace,logging"
 ADMIN_HEADER = "sccan-admin-key"
 
 
-def is_loopback(address: str) -> bool:
-    import ipaddress
-
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
 class TritonServer:
     """A ``tritonserver`` process on ``repo``: ``start()``, ``wait_ready()``, ``stop()``; a context
     manager that does all three. Logs go to ``log`` (default ``REPO/../<repo>.tritonserver.log``).
