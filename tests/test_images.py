@@ -138,3 +138,15 @@ def test_presence_of_a_class_not_in_the_result_is_an_error():
     assert result.present("a")
     with pytest.raises(UnknownClassError, match="no class 'b'"):
         result.present("b")
+
+
+@pytest.mark.parametrize("height,width", [(2000, 10), (10, 2000), (321, 321), (480, 854)])
+def test_the_resize_keeps_both_sides_multiples_of_8_and_at_least_8(height, width):
+    """PFENet's test-time resize, by its definition: the longer side to the input size, both sides
+    floored to a multiple of 8, never under 8 (a very thin frame keeps an 8-pixel side)."""
+    from sccan.sdk.preprocess import placement
+
+    p = placement(height, width, 321)
+    scale = 321 / max(height, width)
+    assert (p.height, p.width) == (max(8, int(height * scale) // 8 * 8), max(8, int(width * scale) // 8 * 8))
+    assert p.height % 8 == 0 and p.width % 8 == 0 and min(p.height, p.width) >= 8
