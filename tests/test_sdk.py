@@ -141,6 +141,17 @@ def test_support_persistence_round_trip(seg, exported, tmp_path):
     np.savez(tmp_path / "other.npz", **arrays)
     with pytest.raises(BundleMismatchError, match="register the classes again"):
         fresh.load_support(tmp_path / "other.npz")
+    # metadata altered where the arrays' checksum cannot see it: its own checks refuse it
+    for key, value, message in (("classes", ["x", "x"], "distinct names"), ("classes", ["x", ""], "distinct names"),
+                                ("classes", "x", "distinct names"), ("shots", {"x": 0}, "shot count"),
+                                ("shots", {}, "shot count"), ("shots", {"x": "1"}, "shot count")):
+        arrays = dict(np.load(path, allow_pickle=False))
+        meta = json.loads(arrays["__meta__"].tobytes())
+        meta[key] = value
+        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        np.savez(tmp_path / "meta.npz", **arrays)
+        with pytest.raises(CorruptCacheError, match=message):
+            fresh.load_support(tmp_path / "meta.npz")
     assert fresh.classes == ["x"]  # still usable
 
 
