@@ -2,6 +2,7 @@
 
     python benchmarks/prompts.py [--root ../shared/realdata/coco128-seg] [--objects 200] [--output DIR]
                                  [--held-out CHECKPOINT [--config real_lite0] [--episodes 300]]
+                                 [--refine BUNDLE]
 
 Each object is one polygon of the YOLO-seg labels (its instance, rasterised as the trainer does);
 its box is the polygon's bounding box; its click is the object's innermost pixel (the maximum of
@@ -9,6 +10,10 @@ the distance transform, what a person aiming at the middle would hit). For each 
 ``mask_from_prompt`` makes a mask from the box, from the click, and from both; the script prints
 the mean IoU against the instance mask for each. Objects are taken in file order, every k-th one
 so that ``--objects`` spread over the set.
+
+``--refine BUNDLE``: the box-made mask refined by the model's own prediction on the support image
+(the image registered with its GrabCut mask, then segmented; within the box): the prediction
+alone, its intersection with the GrabCut mask, and its union, against the GrabCut mask alone.
 
 ``--held-out CHECKPOINT``: the config's held-out episodes (1 shot, the classes never trained on)
 run twice in PyTorch, with the support's true mask and with the mask made from its box (the
@@ -100,6 +105,22 @@ def held_out_boxes(checkpoint: Path, config_name: str, episodes: int) -> dict:
             "miou": {k: m.miou for k, m in meters.items()}, "box_fell_back_to_rectangle": fallback}
 
 
+def refined(seg, image: np.ndarray, grabcut: np.ndarray, box: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    """The model's prediction on ``image`` with ``grabcut`` as its own support, kept inside ``box``;
+    and its intersection and union with the GrabCut mask."""
+    try:
+        seg.add_class("prompt", [image], [grabcut])
+    except EmptyMaskError:  # too small a mask to register: nothing to refine with, GrabCut's stands
+        same = grabcut > 0
+        return {"box -> model": same, "box: GrabCut and model": same, "box: GrabCut or model": same}
+    predicted = seg.segment(image, threshold=0.5, presence_threshold=0.0).masks["prompt"]
+    inside = np.zeros(grabcut.shape, bool)
+    inside[box[1]:box[3], box[0]:box[2]] = True
+    model = predicted & inside
+    return {"box -> model": model, "box: GrabCut and model": model & (grabcut > 0),
+            "box: GrabCut or model": model | (grabcut > 0)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("../shared/realdata/coco128-seg"))
@@ -109,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also the held-out episodes with true masks against box-made ones, this model")
     parser.add_argument("--config", default="real_lite0", help="the held-out episodes' config (with --held-out)")
     parser.add_argument("--episodes", type=int, default=300, help="held-out episodes (with --held-out)")
+    parser.add_argument("--refine", type=Path, metavar="BUNDLE",
+                        help="also the box-made mask refined by this bundle's prediction on the support image")
     args = parser.parse_args(argv)
     found = []
     for image_path, points in objects(args.root):
@@ -121,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     step = max(1, len(found) // args.objects)
     chosen = found[::step][:args.objects]
     scores: dict[str, list[float]] = {"box": [], "click": [], "box + click": []}
+    seg = None
+    if args.refine:
+        from sccan.sdk import Segmenter
+
+        seg = Segmenter(args.refine, backend="onnxruntime")
+        scores.update({"box -> model": [], "box: GrabCut and model": [], "box: GrabCut or model": []})
     empty = {k: 0 for k in scores}
     started = time.perf_counter()
     for n, (image_path, points) in enumerate(chosen):
@@ -133,10 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         for kind, prompt in (("box", {"box": box}), ("click", {"points": [(cx, cy)]}),
                              ("box + click", {"box": box, "points": [(cx, cy)]})):
             try:
-                scores[kind].append(iou(mask_from_prompt(image, **prompt), truth))
+                mask = mask_from_prompt(image, **prompt)
+                scores[kind].append(iou(mask, truth))
             except EmptyMaskError:
+                mask = None
                 scores[kind].append(0.0)
                 empty[kind] += 1
+            if kind == "box" and seg is not None:
+                made = refined(seg, image, mask, box) if mask is not None else {}
+                for name in ("box -> model", "box: GrabCut and model", "box: GrabCut or model"):
+                    scores[name].append(iou(made[name], truth) if name in made else 0.0)
         if (n + 1) % 50 == 0:
             print(f"  {n + 1}/{len(chosen)} objects ({time.perf_counter() - started:.0f} s)", flush=True)
     report = {"objects": len(chosen), "of": len(found), "min_side": MIN_SIDE,
