@@ -84,7 +84,6 @@ class LiveSession:
         self.presence_threshold = (None if presence_threshold is None
                                    else check_threshold(presence_threshold, "presence_threshold"))
         self.jpeg_quality = int(jpeg_quality)
-        self.source_name = source
         # what the page shows: a file's or folder's name (not where it lies), a camera's URI as given
         self._shown_source = (Path(source).name if source is not None and Path(source).exists() else source)
         self._uri = camera_uri(source) if source is not None else None
@@ -126,7 +125,7 @@ class LiveSession:
                 return next(self._frames)
             except StopIteration:
                 if attempt == 0 and self._uri is not None:
-                    self._open()  # a file ended: play it again (a camera that ends is closed)
+                    self._open()  # a file ended: play it again (a camera that ended is opened once more)
         self._frames = None
         return None
 

@@ -36,6 +36,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from sccan.sdk.errors import BadArgumentError, SCCANError
+from sccan.sdk.segmenter import check_class_name
 
 from .live import LiveSession, NotPausedError, SourceClosedError
 
@@ -69,9 +70,10 @@ class Thresholds(BaseModel):
 
 
 def check_app_name(name: str) -> str:
-    """A class name the app accepts: 1..64 characters, no path separator or control character."""
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME or _BAD_NAME.search(name) \
-            or name.strip() in (".", ".."):
+    """A class name the app accepts: the SDK's (a non-empty string), and 1..64 characters without a
+    path separator or control character."""
+    check_class_name(name)
+    if len(name) > MAX_NAME or _BAD_NAME.search(name) or name.strip() in (".", ".."):
         raise BadArgumentError(f"a class name is 1 to {MAX_NAME} characters without '/', '\\' or control "
                                f"characters, got {name!r}")
     return name
