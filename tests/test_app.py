@@ -360,3 +360,43 @@ def test_a_box_dragged_in_chromium_registers_the_object_and_its_overlay_follows(
         finally:
             chrome.quit()
         _stop(app, signal.SIGTERM)
+
+
+def test_pausing_holds_the_frame_being_segmented_and_reports_it(tmp_path):
+    """Pause arrives while a frame is being segmented: the call waits for it, and the frame the
+    state reports is the one held from then on (the page draws prompts on it)."""
+    import threading
+
+    from sccan.app.live import LiveSession
+    from sccan.sdk.segmenter import Result
+
+    class SlowSegmenter:
+        classes = ["x"]
+        backend = None
+        entered = threading.Event()
+
+        def segment(self, image, threshold, presence_threshold):
+            self.entered.set()
+            time.sleep(0.3)
+            label = np.zeros(image.shape[:2], np.int32)
+            return Result({}, {}, label, ["x"], presence={"x": 1.0})
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 100.0, (80, 60))
+    for seed in range(20):
+        writer.write(scene(seed, 60, 80)[0])
+    writer.release()
+    segmenter = SlowSegmenter()
+    session = LiveSession(segmenter, str(video))
+    session.start()
+    try:
+        for _ in range(3):  # a few times, each pause landing in the middle of a frame
+            segmenter.entered.clear()
+            assert segmenter.entered.wait(10)
+            session.set_paused(True)
+            held = session.state()["frame"]["index"]
+            time.sleep(0.5)
+            assert session.frame().index == held == session.state()["frame"]["index"]
+            session.set_paused(False)
+    finally:
+        session.close()
