@@ -7,7 +7,7 @@ import signal
 import sys
 
 from sccan.sdk.net import is_loopback
-from sccan.sdk.segmenter import BACKENDS
+from sccan.sdk.segment_cli import add_runtime_options
 
 DEFAULT_PORT = 8765
 
@@ -61,9 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only; any other warns)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="runtime (default: TensorRT where it runs)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="graph precision (default: the backend's)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime CPU threads (default: its own choice)")
+    add_runtime_options(p)
     p.add_argument("--threshold", type=float, default=0.5, help="mask threshold (default 0.5)")
     p.add_argument("--presence-threshold", type=float, default=None,
                    help="presence below which a class is shown absent (default: the bundle's)")

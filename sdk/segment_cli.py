@@ -177,6 +177,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--threads`` and ``--precision``: how a command that segments opens its
+    Segmenter (``sccan segment``, ``sccan app``)."""
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="auto: TensorRT engines when usable here, else ONNX Runtime")
+    p.add_argument("--threads", type=int, help="ONNX Runtime CPU threads (default: its own choice)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="graph precision (default: the backend's: FP16 on TensorRT, FP32 on a CPU); int8: the gated "
+                        "graphs of `sccan quantize` (support files made in another precision are refused)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment images, a folder, a video or a camera with a bundle",
                        description=__doc__.split("\n\n", 1)[1].strip() if __doc__ else None)
@@ -200,12 +211,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--presence-threshold", type=float, default=None,
                    help="a class whose presence score is below it is judged absent from the frame: no pixels "
                         "(0..1; default: the bundle's calibrated threshold, or 0 where it has none)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="auto: TensorRT engines when usable here, else ONNX Runtime")
-    p.add_argument("--threads", type=int, help="ONNX Runtime CPU threads (default: its own choice)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
-                   help="graph precision (default: the backend's: FP16 on TensorRT, FP32 on a CPU); int8: the gated "
-                        "graphs of `sccan quantize` (support files made in another precision are refused)")
+    add_runtime_options(p)
     p.add_argument("--cuda-graph", action="store_true",
                    help="TensorRT: replay the per-frame work as CUDA graphs (needs cuda-python)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames (streams)")
