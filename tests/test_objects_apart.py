@@ -282,10 +282,11 @@ def real_model():
 
 
 #: The gap the shipped model must keep between its own support and another object's (mean IoU over the
-#: six objects). Measured on an AVX-512 host: 0.653 with the right support, 0.501 with another's (a gap
-#: of 0.15); queries given other objects' supports in both places (the planted support-blind model)
-#: give no gap.
-SUPPORT_GAP = 0.1
+#: six objects), the issue's target for DAVIS (J with another video's support <= J - 0.20). Measured on
+#: an AVX-512 host: 0.679 with the right support, 0.355 with another's (a gap of 0.32; the model
+#: shipped before it: 0.653 and 0.501, a gap of 0.15, which fails this); queries given other objects'
+#: supports in both places (the planted support-blind model) give no gap.
+SUPPORT_GAP = 0.2
 
 
 @needs_realdata
