@@ -1,6 +1,6 @@
 """Masks from a box or a click against the true masks: COCO-128 objects of at least 32 x 32 pixels.
 
-    python benchmarks/prompts.py [--root ../shared/realdata/coco128-seg] [--objects 200] [--output DIR]
+    python benchmarks/prompts.py [--root ../shared/realdata/coco128-seg] [--objects 200] [--start 0] [--output DIR]
                                  [--held-out CHECKPOINT [--config real_lite0] [--episodes 300]]
                                  [--refine BUNDLE]
 
@@ -9,7 +9,8 @@ its box is the polygon's bounding box; its click is the object's innermost pixel
 the distance transform, what a person aiming at the middle would hit). For each object the SDK's
 ``mask_from_prompt`` makes a mask from the box, from the click, and from both; the script prints
 the mean IoU against the instance mask for each. Objects are taken in file order, every k-th one
-so that ``--objects`` spread over the set.
+so that ``--objects`` spread over the set, from the ``--start``-th (with 200 of the 521, ``--start 1``
+takes the other objects: the set the settings were not chosen on).
 
 ``--refine BUNDLE``: the box-made mask refined by the model's own prediction on the support image
 (the image registered with its GrabCut mask, then segmented; within the box): the prediction
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("../shared/realdata/coco128-seg"))
     parser.add_argument("--objects", type=int, default=200)
+    parser.add_argument("--start", type=int, default=0,
+                        help="the first of every k-th object (1: the objects the default run leaves out)")
     parser.add_argument("--output", type=Path)
     parser.add_argument("--held-out", type=Path, metavar="CHECKPOINT",
                         help="also the held-out episodes with true masks against box-made ones, this model")
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         found.append((image_path, points))
     step = max(1, len(found) // args.objects)
-    chosen = found[::step][:args.objects]
+    chosen = found[args.start::step][:args.objects]
     scores: dict[str, list[float]] = {"box": [], "click": [], "box + click": []}
     seg = None
     if args.refine:

@@ -11,7 +11,11 @@ No model weights: OpenCV's GrabCut (iterated graph cuts on colour models) is see
 * both: the box, with the clicks as corrections.
 
 The result keeps the connected parts that hold a positive click (or, for a box alone, the largest
-part), with their holes filled. A prompt that leaves no object raises :class:`EmptyMaskError`.
+part), with their holes filled. Where GrabCut keeps under :data:`MIN_BOX_FILL` of a box (it found
+no object there that differs from the surroundings in colour), the mask is the ellipse inscribed in
+the box instead (with the clicks' discs added or taken away): on COCO-128's photos that is closer
+to the object than GrabCut's sliver or nothing (``benchmarks/prompts.py``). A prompt that leaves no
+object (clicks only) raises :class:`EmptyMaskError`, as does a box on a featureless region.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from .errors import BadArgumentError, BadImageError, EmptyMaskError
 
 #: GrabCut iterations.
 ITERATIONS = 5
+#: The least share of a box GrabCut's mask must cover; below it the box's inscribed ellipse is used.
+MIN_BOX_FILL = 0.15
 
 Box = Sequence[float]
 Point = Sequence[float]
@@ -101,6 +107,8 @@ def mask_from_prompt(image: np.ndarray, box: Box | None = None, points: Sequence
             (x0, y0, x1, y1) == (0, 0, w, h):  # GrabCut needs background samples: the border's pixels
         labels[[0, -1], :] = cv2.GC_PR_BGD
         labels[:, [0, -1]] = cv2.GC_PR_BGD
+    if float(image[y0:y1, x0:x1].reshape(-1, 3).std(axis=0).max()) < 1.0:
+        raise EmptyMaskError(f"the prompt's region ({x0}, {y0}, {x1}, {y1}) is featureless: no object to separate")
     # GrabCut on the region around the prompt: the background's colour model is then the object's
     # surroundings, not the whole photo (and the cut is faster).
     mx, my = max(8, (x1 - x0) // 2), max(8, (y1 - y0) // 2)
@@ -115,9 +123,28 @@ def mask_from_prompt(image: np.ndarray, box: Box | None = None, points: Sequence
     labels[cy0:cy1, cx0:cx1] = crop
     mask = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
     mask = _keep_prompted(mask, positive)
+    if box is not None and mask[y0:y1, x0:x1].sum() < MIN_BOX_FILL * (x1 - x0) * (y1 - y0):
+        mask = _inscribed_ellipse(h, w, (x0, y0, x1, y1), positive, radius)
+    for x, y in negative:  # what the person marked as not the object stays out (holes were filled)
+        cv2.circle(mask, (x, y), radius, 0, -1)
     if not mask.any():
         raise EmptyMaskError("the prompt leaves no object: draw the box tighter around it, or click on it")
     return mask
+
+
+def _inscribed_ellipse(h: int, w: int, box: tuple[int, int, int, int], positive: list[tuple[int, int]],
+                       radius: int) -> np.ndarray:
+    """The ellipse inscribed in ``box`` with the positive clicks' discs added; the parts holding a
+    positive click (or the largest) kept."""
+    x0, y0, x1, y1 = box
+    mask = np.zeros((h, w), np.uint8)
+    # the ellipse through the box's edge midpoints (pixel centres x0 .. x1 - 1, y0 .. y1 - 1)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    cx, cy, rx, ry = (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2, max((x1 - x0) / 2, 0.5), max((y1 - y0) / 2, 0.5)
+    mask[y0:y1, x0:x1] = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    for x, y in positive:
+        cv2.circle(mask, (x, y), radius, 1, -1)
+    return _keep_prompted(mask, positive)
 
 
 def _keep_prompted(mask: np.ndarray, positive: list[tuple[int, int]]) -> np.ndarray:

@@ -56,6 +56,24 @@ def test_bad_prompts_are_refused(prompt, text):
         mask_from_prompt(image, **prompt)
 
 
+def test_a_box_grabcut_cannot_separate_gives_its_inscribed_ellipse():
+    """A box over texture no different from its surroundings: GrabCut keeps (almost) nothing, and the
+    mask is the ellipse inscribed in the box (drawn here by OpenCV, independently), clicks applied."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    image = np.clip(rng.normal(100, 30, (120, 160, 3)), 0, 255).astype(np.uint8)
+    box = (40, 30, 120, 90)
+    ellipse = np.zeros((120, 160), np.uint8)
+    cv2.ellipse(ellipse, (79, 59), (40, 30), 0, 0, 360, 1, -1)
+    mask = mask_from_prompt(image, box=box)
+    assert iou(mask, ellipse) > 0.95, iou(mask, ellipse)
+    assert not mask[:30].any() and not mask[:, :40].any() and not mask[90:].any() and not mask[:, 120:].any()
+    # a negative click inside takes its disc away; the rest stays
+    carved = mask_from_prompt(image, box=box, negative_points=[(79, 59)])
+    assert carved[59, 79] == 0 and carved.sum() < mask.sum() and iou(carved, ellipse) > 0.9
+
+
 def test_a_prompt_that_yields_nothing_is_an_empty_mask_error():
     flat = np.full((60, 80, 3), 128, np.uint8)
     with pytest.raises(EmptyMaskError):
