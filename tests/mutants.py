@@ -135,6 +135,34 @@ class _Finder(importlib.abc.MetaPathFinder):
         return None
 
 
+#: What the processes that run the mutants import once, before they fork (none of them a module a
+#: mutant edits: each child imports ``sccan`` afresh, through the finder).
+PRELOAD = ["numpy", "cv2", "torch", "onnxruntime", "pytest"]
+
+
+def run_tests(tests: list[str], env: dict[str, str], mutant: str | None) -> tuple[int, str]:
+    """Run ``tests`` with ``mutant`` planted (None: none), in this process, and return pytest's exit
+    code and its output. Called in a fresh child of a fork server that has imported :data:`PRELOAD`
+    (``tests/test_mutants.py``), so a run costs the tests, not the imports; the child ends after it."""
+    import contextlib
+    import io
+
+    root = Path(__file__).resolve().parents[1]
+    os.environ.update(env)
+    os.environ.pop("SCCAN_MUTANT", None)
+    if mutant is not None:
+        os.environ["SCCAN_MUTANT"] = mutant
+    os.chdir(root)
+    sys.path.insert(0, str(root / "tests"))
+    if any(m == "sccan" or m.startswith("sccan.") for m in sys.modules):
+        raise RuntimeError("sccan was imported before the mutant could be planted")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = pytest.main(["-p", "mutants", "-p", "no:cacheprovider", "-q", "-x", "--no-header", "-p", "no:logging",
+                            *tests])
+    return int(code), out.getvalue()
+
+
 def pytest_configure(config) -> None:
     name = os.environ.get("SCCAN_MUTANT")
     if not name:

@@ -1,11 +1,9 @@
 """Every planted mistake of ``tests/mutants.py`` is caught: the tests named for it fail with it
-planted (each mutant in its own pytest process), and pass without it."""
+planted (each mutant in its own process), and pass without it."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,47 +12,43 @@ from mutants import MUTANTS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pytest(tests: list[str], bundles: tuple[Path, Path], mutant: str | None = None
-            ) -> subprocess.CompletedProcess:
-    """The ``tests`` in a pytest process of their own, on the parent's exports (the small decisive
-    model's and the synthetic model's: read-only there too)."""
+def _assert_killed(mutants: dict, bundles: tuple[Path, Path]) -> None:
+    """The control run (no mutant: the killers pass) and one run per mutant, each in a fresh process
+    forked from a server that has imported numpy, OpenCV, torch and ONNX Runtime once (a pytest
+    process per mutant spent most of its time importing them), as many at once as the host has cores.
+    The killers run on the parent's exports (the small decisive model's and the synthetic model's:
+    read-only there too)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mutants import PRELOAD, run_tests
+
     small, synthetic = bundles
-    env = {**os.environ, "SCCAN_TEST_SMALL_BUNDLE": str(small), "SCCAN_TEST_SYNTHETIC_BUNDLE": str(synthetic),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    env.pop("SCCAN_MUTANT", None)
-    if mutant is not None:
-        env["SCCAN_MUTANT"] = mutant
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "mutants", "-p", "no:cacheprovider", "-q", "-x",
-                           "--no-header", "-p", "no:logging", *tests], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
-def _assert_killed(mutants: dict, bundle: tuple[Path, Path]) -> None:
-    """The control run (no mutant: the killers pass) and one run per mutant, as many at once as
-    the host has cores (each is a pytest process that mostly imports and waits)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    env = {"SCCAN_TEST_SMALL_BUNDLE": str(small), "SCCAN_TEST_SYNTHETIC_BUNDLE": str(synthetic)}
     killers = sorted({t for m in mutants.values() for t in m.killers})
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
 
-    def timed(name: str | None, tests: list[str]) -> tuple[subprocess.CompletedProcess, float]:
-        start = time.perf_counter()
-        return _pytest(tests, bundle, name), time.perf_counter() - start
+    def timed(future, started: float) -> tuple[tuple[int, str], float]:
+        return future.result(timeout=600), time.perf_counter() - started
 
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        control = pool.submit(timed, None, killers)
-        runs = {name: pool.submit(timed, name, list(mutant.killers)) for name, mutant in mutants.items()}
-        control_run = control.result()[0]
-        assert control_run.returncode == 0, control_run.stdout[-3000:]  # the tests pass on the real code
+    with ProcessPoolExecutor(max_workers=max(2, os.cpu_count() or 2), mp_context=context,
+                             max_tasks_per_child=1) as pool:  # a fresh process per run: a mutant never leaks
+        started = time.perf_counter()
+        control = pool.submit(run_tests, killers, env, None)
+        runs = {name: pool.submit(run_tests, list(mutant.killers), env, name) for name, mutant in mutants.items()}
+        (code, output), _ = timed(control, started)
+        assert code == 0, output[-3000:]  # the tests pass on the real code
         rows, survivors = [], []
         for name, future in runs.items():
-            run, seconds = future.result()
+            (code, output), seconds = timed(future, started)
             # a test that fails, or errs in its fixture (the build's own gate catching the mistake)
             failed = [line.split(" ")[1] + (" (in its fixture)" if line.startswith("ERROR") else "")
-                      for line in run.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
-            rows.append(f"{name:58s} {'killed' if run.returncode == 1 else 'SURVIVED'}  {seconds:4.1f} s  "
+                      for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+            rows.append(f"{name:58s} {'killed' if code == 1 else 'SURVIVED'}  done at {seconds:4.1f} s  "
                         f"{', '.join(f.split('::')[-1] for f in failed)}")
-            if run.returncode != 1 or not failed:  # 1: tests failed (2-4: an error of the run itself)
-                survivors.append((name, run.returncode, run.stdout[-2000:] + run.stderr[-2000:]))
+            if code != 1 or not failed:  # 1: tests failed (2-4: an error of the run itself)
+                survivors.append((name, code, output[-4000:]))
     print("\n".join(["mutant | result | time | tests that failed", *rows]))
     assert not survivors, survivors
     print(f"killed {len(mutants)} of {len(mutants)}")
