@@ -154,8 +154,12 @@ def persam_together(checkpoint: Path, size: int) -> dict:
             truth = read_mask(root / f"{name}_02.png") > 0
             mine = result.label_map == i + 1
             union = (mine | truth).sum()
+            # where the object's pixels went: its own label, another object's, or background
+            labelled = {other: float((result.label_map[truth] == j + 1).mean()) for j, other in enumerate(PERSAM)}
+            labelled["background"] = float((result.label_map[truth] == 0).mean())
             out[name] = {"label_map_iou": float((mine & truth).sum() / union) if union else 1.0,
-                         "presence": {k: float(v) for k, v in getattr(result, "presence", {}).items()}}
+                         "presence": {k: float(v) for k, v in getattr(result, "presence", {}).items()},
+                         "pixels_labelled": labelled}
         return out
 
 
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         report["persam"] = persam_together(args.checkpoint, size)
         print("PerSAM objects registered together (2 shots), label-map IoU: " +
               ", ".join(f"{k} {v['label_map_iou']:.3f}" for k, v in report["persam"].items()))
+        for k, v in report["persam"].items():
+            print(f"  {k}'s pixels labelled: " + ", ".join(f"{o} {share:.0%}" for o, share in v["pixels_labelled"].items()))
     if args.output:
         from sccan.sdk.bundle import write_json_atomic
 

@@ -1,22 +1,26 @@
 """``sccan demo --real``: the shipped real-photo edge model on a clip or photos you point it to.
 
 Exports ``sccan/train/weights/real_lite0.pt`` (EfficientNet-Lite0 at 321 px, trained on COCO-128
-and the clothing photos, see ``train/configs/real_lite0*.yaml``) to ``OUTPUT/bundle`` with the
-parity gate, registers the object from the first frame and its mask through the SDK, segments
-every later frame, and writes ``OUTPUT/real_demo.mp4`` and ``OUTPUT/real_demo_strip.png``. Where
-the later frames have masks (a DAVIS-layout folder), it prints J and F.
+and the clothing photos, then fine-tuned with CamVid and the DAVIS-2016 training videos, see
+``train/configs/real_lite0*.yaml``) to ``OUTPUT/bundle`` with the parity gate, registers the object
+from the first frame and its mask through the SDK, segments every later frame, and writes
+``OUTPUT/real_demo.mp4`` and ``OUTPUT/real_demo_strip.png``. Where the later frames have masks (a
+DAVIS-layout folder), it prints J and F.
 
 The checkpoint is reproduced, from the repository root with ``../shared/realdata`` beside it, by::
 
     sccan train --config real_lite0           # stage 1 -> runs/real_lite0/last.pt
     sccan train --config real_lite0_stage2    # stage 2, from it -> runs/real_lite0_stage2/last.pt
     python -m sccan.train.checkpoint runs/real_lite0_stage2/last.pt real_lite0.pt   # weights only
+    sccan train --config real_lite0_cpu       # the fine-tune, from real_lite0.pt -> runs/real_lite0_cpu/last.pt
+    python -m sccan.train.checkpoint runs/real_lite0_cpu/last.pt real_lite0.pt
 
-(run on an NVIDIA H100, 2049 + 1494 steps in 6.5 + 4.5 minutes, on a copy of the photos made with
-``python -m sccan.train.data.shrink SRC DST --max-side 352 --quality 85``, which is what
-``data.max_side: 352`` does on every read, re-encoded as JPEG; GPU kernels are not bit-reproducible.)
+(the two stages on an NVIDIA H100, 2049 + 1494 steps in 6.5 + 4.5 minutes, on a copy of the photos
+made with ``python -m sccan.train.data.shrink SRC DST --max-side 352 --quality 85``, which is what
+``data.max_side: 352`` does on every read, re-encoded as JPEG; GPU kernels are not bit-reproducible;
+the fine-tune on 2 CPU cores, 600 steps on cached backbone features, about 40 minutes with the cache.)
 
-No photos ship with the package (the licences of the real sets here allow research use, not
+No photos ship with the package (the real sets' licences allow research use, not
 redistribution), so ``--video`` names one of:
 
 * a DAVIS-layout root (``JPEGImages/480p/<seq>/``, ``Annotations/480p/<seq>/``), with ``--sequence``;
