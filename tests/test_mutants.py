@@ -9,8 +9,6 @@ from pathlib import Path
 
 from mutants import MUTANTS
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _assert_killed(mutants: dict, bundles: tuple[Path, Path]) -> None:
     """The control run (no mutant: the killers pass) and one run per mutant, each in a fresh process
