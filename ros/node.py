@@ -34,7 +34,9 @@ int8, default the backend's), ``threshold``, ``presence_threshold`` (negative: t
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 import threading
 import time
@@ -217,6 +219,8 @@ class SegmenterNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
+    # `kill -USR1 PID` prints every thread's Python stack to stderr: what a stuck node is doing
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers: spin then ends
     try:
         node = SegmenterNode()

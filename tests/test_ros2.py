@@ -77,7 +77,15 @@ def test_ros2_node_segments_what_the_sdk_segments_and_drops_stale_frames(real_bu
         assert driver.returncode == 0, driver.stderr[-3000:]
         started = time.monotonic()
         node.send_signal(signal.SIGTERM)
-        rest, _ = node.communicate(timeout=30)
+        try:
+            rest, _ = node.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # stuck: its threads' stacks (faulthandler on SIGUSR1), then kill
+            node.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            node.kill()
+            rest, _ = node.communicate(timeout=30)
+            raise AssertionError("the node did not stop within 30 s of SIGTERM; its log and stacks:\n"
+                                 + ("".join(log_lines) + rest)[-6000:]) from None
         stopped = time.monotonic() - started
     finally:
         if node.poll() is None:
