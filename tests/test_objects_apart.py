@@ -252,8 +252,9 @@ def _pairs() -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     return out
 
 
-#: IoU of (model, size, query, support) pairs already computed: the planted test reuses a third of them.
-_IOUS: dict[tuple[int, int, int, int], float] = {}
+#: IoU of (model, size, query, support) already computed: the planted test reuses a third of them. The
+#: model itself is in the key (held, so its identity is never another model's).
+_IOUS: dict[tuple[object, int, int, int], float] = {}
 
 
 def support_following(model, size: int, pairs, shuffle: bool = False) -> tuple[float, float]:
@@ -264,7 +265,7 @@ def support_following(model, size: int, pairs, shuffle: bool = False) -> tuple[f
     from sccan.train.evaluate import episode_tensors
 
     def iou(query_i: int, support_i: int) -> float:
-        key = (id(model), size, query_i, support_i)
+        key = (model, size, query_i, support_i)
         if key not in _IOUS:
             _IOUS[key] = computed_iou(query_i, support_i)
         return _IOUS[key]
